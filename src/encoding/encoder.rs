@@ -1,0 +1,380 @@
+//! Blob encoding: the expanded RS2 matrix, its symbol hashes, metadata and slivers.
+//!
+//! The source matrix has `rows = n − 2f` rows and `cols = n − f` columns of `s`-byte symbols,
+//! filled row-major from the blob and zero-padded. Phase A extends every row to `n` symbols
+//! (secondary code), phase B every column to `n` symbols (primary code); both are independent
+//! across rows/columns and run on all cores. All `n²` symbols are hashed, since each sliver's
+//! Merkle root covers its full extension. Nothing of the expanded matrix is kept beyond what
+//! slivers need: the source (primary slivers `0..rows`), the row extensions (secondary slivers
+//! `cols..n`) and, when slivers are wanted, the column extensions (primary slivers `rows..n`).
+
+use rayon::prelude::*;
+
+use super::codec::Encoder;
+use super::merkle::{DIGEST_LEN, LeafHasher, root_from_leaf_hashes};
+use super::metadata::SliverPairMetadata;
+use super::{BlobMetadataWithId, EncodingConfig, EncodingError, Sliver, SliverType};
+
+type Hash = [u8; DIGEST_LEN];
+
+/// Read access to the (padded) source matrix without copying the blob.
+pub(crate) struct SourceView<'a> {
+    blob: &'a [u8],
+    s: usize,
+    cols: usize,
+    full_rows: usize,
+    /// The last, partially filled row, zero-padded (empty if the blob ends on a row boundary).
+    partial: Vec<u8>,
+    zeros: Vec<u8>,
+}
+
+impl<'a> SourceView<'a> {
+    pub(crate) fn new(blob: &'a [u8], s: usize, cols: usize) -> Self {
+        let row_bytes = s * cols;
+        let full_rows = blob.len() / row_bytes;
+        let rest = &blob[full_rows * row_bytes..];
+        let mut partial = Vec::new();
+        if !rest.is_empty() {
+            partial = vec![0u8; row_bytes];
+            partial[..rest.len()].copy_from_slice(rest);
+        }
+        Self {
+            blob,
+            s,
+            cols,
+            full_rows,
+            partial,
+            zeros: vec![0u8; row_bytes],
+        }
+    }
+
+    pub(crate) fn row(&self, r: usize) -> &[u8] {
+        let row_bytes = self.s * self.cols;
+        if r < self.full_rows {
+            &self.blob[r * row_bytes..(r + 1) * row_bytes]
+        } else if r == self.full_rows && !self.partial.is_empty() {
+            &self.partial
+        } else {
+            &self.zeros
+        }
+    }
+
+    #[inline]
+    pub(crate) fn symbol(&self, r: usize, j: usize) -> &[u8] {
+        &self.row(r)[j * self.s..(j + 1) * self.s]
+    }
+}
+
+/// Codewords handled per parallel task: enough to batch tiny symbols, few enough that both
+/// cores get work.
+fn group_size(count: usize, s: usize) -> usize {
+    let by_size = (16 * 1024 / s).clamp(1, 256);
+    by_size.min(count.div_ceil(8)).max(1)
+}
+
+/// What the expansion produced.
+pub(crate) struct Expansion {
+    /// `rows × (n − cols)` symbols, row-major: the row extensions.
+    pub row_recovery: Vec<u8>,
+    /// `cols × (n − rows)` symbols, column-major: the column extensions of source columns.
+    pub col_recovery: Option<Vec<u8>>,
+    pub hashes: Vec<SliverPairMetadata>,
+}
+
+pub(crate) fn expand(
+    config: &EncodingConfig,
+    view: &SourceView<'_>,
+    s: usize,
+    keep_col_recovery: bool,
+) -> Result<Expansion, EncodingError> {
+    let n = config.n_shards_usize();
+    let (rows, cols) = (config.rows(), config.cols());
+    let (m_row, m_col) = (n - cols, n - rows);
+
+    // Phase A: extend rows; hash each full row of n symbols.
+    let mut row_recovery = vec![0u8; rows * m_row * s];
+    let mut hashes_a: Vec<Hash> = vec![[0; DIGEST_LEN]; rows * n];
+    let ga = group_size(rows, s);
+    row_recovery
+        .par_chunks_mut(ga * m_row * s)
+        .zip(hashes_a.par_chunks_mut(ga * n))
+        .enumerate()
+        .try_for_each_init(
+            || (Encoder::new(cols, m_row), LeafHasher::default()),
+            |(enc, hasher), (gi, (rr, ha))| -> Result<(), EncodingError> {
+                let r0 = gi * ga;
+                let g = ha.len() / n;
+                enc.encode_many(
+                    s,
+                    g,
+                    |c, i| view.symbol(r0 + c, i),
+                    |c, q, range, b| {
+                        let at = (c * m_row + q) * s;
+                        rr[at + range.start..at + range.end].copy_from_slice(b)
+                    },
+                )?;
+                for c in 0..g {
+                    let row = view.row(r0 + c);
+                    let rec = &rr[c * m_row * s..(c + 1) * m_row * s];
+                    hasher.hash_iter(
+                        row.chunks_exact(s).chain(rec.chunks_exact(s)),
+                        s,
+                        &mut ha[c * n..(c + 1) * n],
+                        n,
+                    );
+                }
+                Ok(())
+            },
+        )?;
+
+    // Phase B: extend every column (source and recovery columns); hash the new symbols.
+    let mut hashes_b: Vec<Hash> = vec![[0; DIGEST_LEN]; n * m_col];
+    let mut col_recovery = if keep_col_recovery {
+        Some(vec![0u8; cols * m_col * s])
+    } else {
+        None
+    };
+    let row_recovery_ref = &row_recovery;
+    let column_symbol = |j: usize, i: usize| -> &[u8] {
+        if j < cols {
+            view.symbol(i, j)
+        } else {
+            let at = (i * m_row + (j - cols)) * s;
+            &row_recovery_ref[at..at + s]
+        }
+    };
+    let gb = group_size(n, s);
+    let n_groups = n.div_ceil(gb);
+    // Split the column-extension storage by the same groups (only source columns keep it).
+    let mut cr_chunks: Vec<Option<&mut [u8]>> = Vec::with_capacity(n_groups);
+    if let Some(cr) = col_recovery.as_mut() {
+        let mut rest: &mut [u8] = cr.as_mut_slice();
+        for gi in 0..n_groups {
+            let j0 = gi * gb;
+            let kept = (j0 + gb).min(cols).saturating_sub(j0);
+            let (head, tail) = rest.split_at_mut(kept * m_col * s);
+            cr_chunks.push(Some(head));
+            rest = tail;
+        }
+    } else {
+        cr_chunks.resize_with(n_groups, || None);
+    }
+    hashes_b
+        .par_chunks_mut(gb * m_col)
+        .zip(cr_chunks.into_par_iter())
+        .enumerate()
+        .try_for_each_init(
+            || (Encoder::new(rows, m_col), LeafHasher::default(), Vec::<u8>::new()),
+            |(enc, hasher, scratch), (gi, (hb, kept))| -> Result<(), EncodingError> {
+                let j0 = gi * gb;
+                let g = hb.len() / m_col;
+                scratch.clear();
+                scratch.resize(g * m_col * s, 0);
+                enc.encode_many(
+                    s,
+                    g,
+                    |c, i| column_symbol(j0 + c, i),
+                    |c, q, range, b| {
+                        let at = (c * m_col + q) * s;
+                        scratch[at + range.start..at + range.end].copy_from_slice(b)
+                    },
+                )?;
+                hasher.hash_symbols(scratch, s, hb);
+                if let Some(kept) = kept {
+                    kept.copy_from_slice(&scratch[..kept.len()]);
+                }
+                Ok(())
+            },
+        )?;
+
+    // Merkle roots: primary sliver i covers row i, the secondary sliver of pair p covers
+    // column n − 1 − p; both over all n symbols.
+    let hashes: Vec<SliverPairMetadata> = (0..n)
+        .into_par_iter()
+        .map_init(
+            || vec![[0u8; DIGEST_LEN]; n],
+            |leaves, p| {
+                let primary = if p < rows {
+                    root_from_leaf_hashes(&hashes_a[p * n..(p + 1) * n])
+                } else {
+                    for (j, leaf) in leaves.iter_mut().enumerate() {
+                        *leaf = hashes_b[j * m_col + (p - rows)];
+                    }
+                    root_from_leaf_hashes(leaves)
+                };
+                let c = n - 1 - p;
+                for (r, leaf) in leaves.iter_mut().enumerate().take(rows) {
+                    *leaf = hashes_a[r * n + c];
+                }
+                leaves[rows..].copy_from_slice(&hashes_b[c * m_col..(c + 1) * m_col]);
+                let secondary = root_from_leaf_hashes(leaves);
+                SliverPairMetadata {
+                    primary_hash: primary,
+                    secondary_hash: secondary,
+                }
+            },
+        )
+        .collect();
+
+    Ok(Expansion {
+        row_recovery,
+        col_recovery,
+        hashes,
+    })
+}
+
+/// A fully encoded blob: metadata plus every sliver pair, kept compactly and materialised per
+/// sliver on demand.
+pub struct EncodedBlob {
+    config: EncodingConfig,
+    s: usize,
+    /// The blob padded to the full source matrix.
+    source: Vec<u8>,
+    row_recovery: Vec<u8>,
+    col_recovery: Vec<u8>,
+    pub metadata: BlobMetadataWithId,
+}
+
+impl std::fmt::Debug for EncodedBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedBlob")
+            .field("blob_id", &self.metadata.blob_id)
+            .field("n_shards", &self.config.n_shards())
+            .field("symbol_size", &self.s)
+            .finish()
+    }
+}
+
+impl EncodedBlob {
+    pub(crate) fn new(config: &EncodingConfig, mut blob: Vec<u8>) -> Result<Self, EncodingError> {
+        let len = blob.len() as u64;
+        let s = usize::from(config.symbol_size(len)?);
+        let (rows, cols) = (config.rows(), config.cols());
+        blob.resize(rows * cols * s, 0);
+        let exp = {
+            let view = SourceView::new(&blob, s, cols);
+            expand(config, &view, s, true)?
+        };
+        Ok(Self {
+            config: *config,
+            s,
+            source: blob,
+            row_recovery: exp.row_recovery,
+            col_recovery: exp.col_recovery.unwrap_or_default(),
+            metadata: BlobMetadataWithId::from_hashes(len, exp.hashes),
+        })
+    }
+
+    pub fn n_pairs(&self) -> usize {
+        self.config.n_shards_usize()
+    }
+
+    pub fn symbol_size(&self) -> u16 {
+        self.s as u16
+    }
+
+    /// The data of primary sliver `index` (row `index` of the expanded matrix).
+    pub fn primary_data(&self, index: usize) -> Vec<u8> {
+        let (rows, cols, s) = (self.config.rows(), self.config.cols(), self.s);
+        if index < rows {
+            self.source[index * cols * s..(index + 1) * cols * s].to_vec()
+        } else {
+            let m_col = self.config.n_shards_usize() - rows;
+            let q = index - rows;
+            let mut out = Vec::with_capacity(cols * s);
+            for j in 0..cols {
+                let at = (j * m_col + q) * s;
+                out.extend_from_slice(&self.col_recovery[at..at + s]);
+            }
+            out
+        }
+    }
+
+    /// The data of secondary sliver `index` (column `index` of the expanded matrix).
+    pub fn secondary_data(&self, index: usize) -> Vec<u8> {
+        let (rows, cols, s) = (self.config.rows(), self.config.cols(), self.s);
+        let mut out = Vec::with_capacity(rows * s);
+        if index < cols {
+            for r in 0..rows {
+                let at = (r * cols + index) * s;
+                out.extend_from_slice(&self.source[at..at + s]);
+            }
+        } else {
+            let m_row = self.config.n_shards_usize() - cols;
+            for r in 0..rows {
+                let at = (r * m_row + index - cols) * s;
+                out.extend_from_slice(&self.row_recovery[at..at + s]);
+            }
+        }
+        out
+    }
+
+    /// The primary sliver of sliver pair `pair`.
+    pub fn primary_sliver(&self, pair: usize) -> Sliver {
+        Sliver {
+            sliver_type: SliverType::Primary,
+            index: pair as u16,
+            symbol_size: self.s as u16,
+            data: self.primary_data(pair),
+        }
+    }
+
+    /// The secondary sliver of sliver pair `pair` (column `n − 1 − pair`).
+    pub fn secondary_sliver(&self, pair: usize) -> Sliver {
+        let index = self.n_pairs() - 1 - pair;
+        Sliver {
+            sliver_type: SliverType::Secondary,
+            index: index as u16,
+            symbol_size: self.s as u16,
+            data: self.secondary_data(index),
+        }
+    }
+
+    pub fn primary_bcs(&self, pair: usize) -> Vec<u8> {
+        self.primary_sliver(pair).to_bcs()
+    }
+
+    pub fn secondary_bcs(&self, pair: usize) -> Vec<u8> {
+        self.secondary_sliver(pair).to_bcs()
+    }
+}
+
+impl EncodingConfig {
+    /// Encodes a blob into `n` sliver pairs and its metadata.
+    pub fn encode(&self, blob: &[u8]) -> Result<EncodedBlob, EncodingError> {
+        self.check_len(blob.len() as u64)?;
+        EncodedBlob::new(self, blob.to_vec())
+    }
+
+    /// Like [`Self::encode`], reusing the caller's buffer as the source matrix.
+    pub fn encode_owned(&self, blob: Vec<u8>) -> Result<EncodedBlob, EncodingError> {
+        self.check_len(blob.len() as u64)?;
+        EncodedBlob::new(self, blob)
+    }
+
+    /// Metadata and blob ID only: all symbol hashes, but no slivers kept.
+    pub fn compute_metadata(&self, blob: &[u8]) -> Result<BlobMetadataWithId, EncodingError> {
+        let len = blob.len() as u64;
+        self.check_len(len)?;
+        let s = usize::from(self.symbol_size(len)?);
+        let view = SourceView::new(blob, s, self.cols());
+        let exp = expand(self, &view, s, false)?;
+        Ok(BlobMetadataWithId::from_hashes(len, exp.hashes))
+    }
+
+    /// The blob ID of `blob` under these parameters.
+    pub fn blob_id(&self, blob: &[u8]) -> Result<super::BlobId, EncodingError> {
+        Ok(self.compute_metadata(blob)?.blob_id)
+    }
+
+    fn check_len(&self, len: u64) -> Result<(), EncodingError> {
+        if len > self.max_blob_size() {
+            return Err(EncodingError::BlobTooLarge {
+                len,
+                max: self.max_blob_size(),
+                n_shards: self.n_shards(),
+            });
+        }
+        Ok(())
+    }
+}
