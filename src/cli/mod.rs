@@ -1,0 +1,38 @@
+//! The command line: clap definitions and the glue from subcommands to the library. Errors
+//! become `anyhow` here and nowhere else.
+
+mod blob;
+
+use clap::{Parser, Subcommand};
+
+/// walrusfs: a drive whose files live as blobs on Walrus, the decentralized blob store on Sui.
+#[derive(Debug, Parser)]
+#[command(name = "walrusfs", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with single blobs: compute blob IDs, encode into slivers, decode from slivers.
+    #[command(subcommand)]
+    Blob(blob::BlobCommand),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Blob(cmd) => blob::run(cmd),
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
