@@ -23,32 +23,56 @@ fn codec_err(e: reed_solomon_simd::Error) -> EncodingError {
     EncodingError::Codec(e.to_string())
 }
 
-/// Position of byte pair (lo, hi) of element `e` in a shard of `len` bytes.
+/// Places the elements of a short symbol (`sym.len() < 64`: element `e` is bytes `e` and
+/// `e + len/2`) at element positions `first..` of a packed shard of whole 64-byte chunks
+/// (element `g` is bytes `64⌊g/32⌋ + g mod 32` and that plus 32).
 #[inline]
-fn element_bytes(len: usize, e: usize) -> (usize, usize) {
-    let whole = len / 64;
-    if e < whole * 32 {
-        let (c, i) = (e / 32, e % 32);
-        (64 * c + i, 64 * c + 32 + i)
-    } else {
-        let t = len % 64;
-        let i = e - whole * 32;
-        (64 * whole + i, 64 * whole + t / 2 + i)
+fn pack(shard: &mut [u8], first: usize, sym: &[u8]) {
+    let h = sym.len() / 2;
+    let (lo, hi) = sym.split_at(h);
+    for e in 0..h {
+        let g = first + e;
+        let at = (g >> 5) * 64 + (g & 31);
+        shard[at] = lo[e];
+        shard[at + 32] = hi[e];
     }
 }
 
-/// Splits a symbol of `s` bytes into stripes of whole chunks (`Range`s) and a tail range.
+/// The inverse of [`pack`].
+#[inline]
+fn unpack(shard: &[u8], first: usize, sym: &mut [u8]) {
+    let h = sym.len() / 2;
+    let (lo, hi) = sym.split_at_mut(h);
+    for e in 0..h {
+        let g = first + e;
+        let at = (g >> 5) * 64 + (g & 31);
+        lo[e] = shard[at];
+        hi[e] = shard[at + 32];
+    }
+}
+
+/// Splits a symbol of `s` bytes into stripes for direct codec calls, plus a range to pack.
+///
+/// Symbols of 64 bytes or more are cut at multiples of 64 (the last stripe keeps the tail, which
+/// the codec pads itself; that costs less than packing). Shorter symbols would each be padded to
+/// 64 bytes by the codec, so they are packed across codewords instead.
 fn stripes(s: usize, k: usize) -> (Vec<Range<usize>>, Range<usize>) {
-    let whole = s / 64 * 64;
+    if s < 64 {
+        return (Vec::new(), 0..s);
+    }
     let per = (STRIPE_TARGET_BYTES / k.max(1)).max(64) / 64 * 64;
     let mut v = Vec::new();
     let mut a = 0;
-    while a < whole {
-        let b = (a + per).min(whole);
+    while a < s {
+        let mut b = (a + per).min(s);
+        // Never leave a tail-only stripe: it must stay attached to whole chunks.
+        if s - b < 64 {
+            b = s;
+        }
         v.push(a..b);
         a = b;
     }
-    (v, whole..s)
+    (v, s..s)
 }
 
 /// Codeword layout for packing tails: how many codewords share one packed call.
@@ -137,13 +161,7 @@ impl Encoder {
             for i in 0..k {
                 let shard = &mut packed[i * len..(i + 1) * len];
                 for gc in 0..g {
-                    let sym = &src(c0 + gc, i)[tail.clone()];
-                    for e in 0..h {
-                        let (lo, hi) = element_bytes(t, e);
-                        let (plo, phi) = element_bytes(len, gc * h + e);
-                        shard[plo] = sym[lo];
-                        shard[phi] = sym[hi];
-                    }
+                    pack(shard, gc * h, &src(c0 + gc, i)[tail.clone()]);
                 }
             }
             let rs = self.rs(len)?;
@@ -154,12 +172,7 @@ impl Encoder {
             let res = rs.encode().map_err(codec_err)?;
             for (q, rec) in res.recovery_iter().enumerate() {
                 for gc in 0..g {
-                    for e in 0..h {
-                        let (lo, hi) = element_bytes(t, e);
-                        let (plo, phi) = element_bytes(len, gc * h + e);
-                        tmp[lo] = rec[plo];
-                        tmp[hi] = rec[phi];
-                    }
+                    unpack(rec, gc * h, &mut tmp);
                     out(c0 + gc, q, tail.clone(), &tmp);
                 }
             }
@@ -251,13 +264,7 @@ impl Decoder {
             for p in 0..present.len() {
                 let shard = &mut packed[p * len..(p + 1) * len];
                 for gc in 0..g {
-                    let sym = &src(c0 + gc, p)[tail.clone()];
-                    for e in 0..h {
-                        let (lo, hi) = element_bytes(t, e);
-                        let (plo, phi) = element_bytes(len, gc * h + e);
-                        shard[plo] = sym[lo];
-                        shard[phi] = sym[hi];
-                    }
+                    pack(shard, gc * h, &src(c0 + gc, p)[tail.clone()]);
                 }
             }
             let rs = self.rs(len)?;
@@ -275,12 +282,7 @@ impl Decoder {
                     .restored_original(i)
                     .ok_or_else(|| EncodingError::Codec(format!("symbol {i} not restored")))?;
                 for gc in 0..g {
-                    for e in 0..h {
-                        let (lo, hi) = element_bytes(t, e);
-                        let (plo, phi) = element_bytes(len, gc * h + e);
-                        tmp[lo] = restored[plo];
-                        tmp[hi] = restored[phi];
-                    }
+                    unpack(restored, gc * h, &mut tmp);
                     out(c0 + gc, i, tail.clone(), &tmp);
                 }
             }

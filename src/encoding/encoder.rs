@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::codec::Encoder;
-use super::merkle::{DIGEST_LEN, LeafHasher, root_from_leaf_hashes};
+use super::merkle::{DIGEST_LEN, LeafHasher, MerkleBuilder, ZeroChain};
 use super::metadata::SliverPairMetadata;
 use super::{BlobMetadataWithId, EncodingConfig, EncodingError, Sliver, SliverType};
 
@@ -65,6 +65,10 @@ impl<'a> SourceView<'a> {
     }
 }
 
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
 /// Codewords handled per parallel task: enough to batch tiny symbols, few enough that both
 /// cores get work.
 fn group_size(count: usize, s: usize) -> usize {
@@ -90,6 +94,10 @@ pub(crate) fn expand(
     let n = config.n_shards_usize();
     let (rows, cols) = (config.rows(), config.cols());
     let (m_row, m_col) = (n - cols, n - rows);
+    // Zero symbols encode to zero symbols with a known hash, so the padding of a small blob
+    // (most of the matrix) costs neither codec calls nor hashing.
+    let zero = ZeroChain::new(s, n);
+    let zero = &zero;
 
     // Phase A: extend rows; hash each full row of n symbols.
     let mut row_recovery = vec![0u8; rows * m_row * s];
@@ -104,6 +112,10 @@ pub(crate) fn expand(
             |(enc, hasher), (gi, (rr, ha))| -> Result<(), EncodingError> {
                 let r0 = gi * ga;
                 let g = ha.len() / n;
+                if (0..g).all(|c| is_zero(view.row(r0 + c))) {
+                    ha.fill(zero.leaf());
+                    return Ok(());
+                }
                 enc.encode_many(
                     s,
                     g,
@@ -121,6 +133,7 @@ pub(crate) fn expand(
                         s,
                         &mut ha[c * n..(c + 1) * n],
                         n,
+                        Some(zero),
                     );
                 }
                 Ok(())
@@ -168,6 +181,13 @@ pub(crate) fn expand(
             |(enc, hasher, scratch), (gi, (hb, kept))| -> Result<(), EncodingError> {
                 let j0 = gi * gb;
                 let g = hb.len() / m_col;
+                if (0..g).all(|c| (0..rows).all(|i| is_zero(column_symbol(j0 + c, i)))) {
+                    hb.fill(zero.leaf());
+                    if let Some(kept) = kept {
+                        kept.fill(0);
+                    }
+                    return Ok(());
+                }
                 scratch.clear();
                 scratch.resize(g * m_col * s, 0);
                 enc.encode_many(
@@ -179,7 +199,7 @@ pub(crate) fn expand(
                         scratch[at + range.start..at + range.end].copy_from_slice(b)
                     },
                 )?;
-                hasher.hash_symbols(scratch, s, hb);
+                hasher.hash_symbols(scratch, s, hb, Some(zero));
                 if let Some(kept) = kept {
                     kept.copy_from_slice(&scratch[..kept.len()]);
                 }
@@ -192,22 +212,22 @@ pub(crate) fn expand(
     let hashes: Vec<SliverPairMetadata> = (0..n)
         .into_par_iter()
         .map_init(
-            || vec![[0u8; DIGEST_LEN]; n],
-            |leaves, p| {
+            || (vec![[0u8; DIGEST_LEN]; n], MerkleBuilder::default()),
+            |(leaves, merkle), p| {
                 let primary = if p < rows {
-                    root_from_leaf_hashes(&hashes_a[p * n..(p + 1) * n])
+                    merkle.root(&hashes_a[p * n..(p + 1) * n], Some(zero))
                 } else {
                     for (j, leaf) in leaves.iter_mut().enumerate() {
                         *leaf = hashes_b[j * m_col + (p - rows)];
                     }
-                    root_from_leaf_hashes(leaves)
+                    merkle.root(leaves, Some(zero))
                 };
                 let c = n - 1 - p;
                 for (r, leaf) in leaves.iter_mut().enumerate().take(rows) {
                     *leaf = hashes_a[r * n + c];
                 }
                 leaves[rows..].copy_from_slice(&hashes_b[c * m_col..(c + 1) * m_col]);
-                let secondary = root_from_leaf_hashes(leaves);
+                let secondary = merkle.root(leaves, Some(zero));
                 SliverPairMetadata {
                     primary_hash: primary,
                     secondary_hash: secondary,

@@ -165,7 +165,7 @@ pub fn encode_file(
                 enc.encode_many(s, 1, |_, i| &row[i * s..(i + 1) * s], |_, q, range, b| {
                     rec[q * s + range.start..q * s + range.end].copy_from_slice(b)
                 })?;
-                hasher.hash_iter(row.chunks_exact(s).chain(rec.chunks_exact(s)), s, ha, n);
+                hasher.hash_iter(row.chunks_exact(s).chain(rec.chunks_exact(s)), s, ha, n, None);
                 if out_dir.is_some() {
                     primary[r].write_at(0, row)?;
                 }
@@ -204,7 +204,7 @@ pub fn encode_file(
                 enc.encode_many(s, 1, |_, i| &col[i * s..(i + 1) * s], |_, q, range, b| {
                     rec[q * s + range.start..q * s + range.end].copy_from_slice(b)
                 })?;
-                hasher.hash_symbols(rec, s, hb);
+                hasher.hash_symbols(rec, s, hb, None);
                 if out_dir.is_some() && j < cols {
                     for q in 0..m_col {
                         primary[rows + q].write_at(j * s, &rec[q * s..(q + 1) * s])?;

@@ -62,14 +62,22 @@ pub fn hash_many_into(inputs: &[&[u8]], out: &mut [[u8; DIGEST_LEN]]) {
 #[derive(Default)]
 pub struct LeafHasher {
     buf: Vec<u8>,
+    todo: Vec<usize>,
+    out: Vec<[u8; DIGEST_LEN]>,
 }
 
 impl LeafHasher {
     /// Leaf hashes of equally sized `symbols` (given as one contiguous buffer) into `out`.
-    pub fn hash_symbols(&mut self, symbols: &[u8], symbol_size: usize, out: &mut [[u8; DIGEST_LEN]]) {
+    pub fn hash_symbols(
+        &mut self,
+        symbols: &[u8],
+        symbol_size: usize,
+        out: &mut [[u8; DIGEST_LEN]],
+        zero: Option<&ZeroChain>,
+    ) {
         let count = symbols.len() / symbol_size;
         debug_assert_eq!(count, out.len());
-        self.hash_iter(symbols.chunks_exact(symbol_size), symbol_size, out, count);
+        self.hash_iter(symbols.chunks_exact(symbol_size), symbol_size, out, count, zero);
     }
 
     /// Leaf hashes of `count` symbols of `symbol_size` bytes yielded by `symbols`.
@@ -79,16 +87,36 @@ impl LeafHasher {
         symbol_size: usize,
         out: &mut [[u8; DIGEST_LEN]],
         count: usize,
+        zero: Option<&ZeroChain>,
     ) {
         let slot = symbol_size + 1;
         self.buf.clear();
         self.buf.reserve(slot * count);
-        for s in symbols.take(count) {
+        self.todo.clear();
+        for (i, s) in symbols.take(count).enumerate() {
+            // All-zero symbols (padding of small blobs) have a known hash.
+            if let Some(z) = zero
+                && s.iter().all(|&b| b == 0)
+            {
+                out[i] = z.leaf();
+                continue;
+            }
+            self.todo.push(i);
             self.buf.push(LEAF_PREFIX);
             self.buf.extend_from_slice(s);
         }
-        let inputs: Vec<&[u8]> = self.buf.chunks_exact(slot).collect();
-        hash_many_into(&inputs, out);
+        if self.todo.len() == count {
+            let inputs: Vec<&[u8]> = self.buf.chunks_exact(slot).collect();
+            hash_many_into(&inputs, out);
+        } else if !self.todo.is_empty() {
+            let inputs: Vec<&[u8]> = self.buf.chunks_exact(slot).collect();
+            self.out.clear();
+            self.out.resize(inputs.len(), [0; DIGEST_LEN]);
+            hash_many_into(&inputs, &mut self.out);
+            for (&i, h) in self.todo.iter().zip(&self.out) {
+                out[i] = *h;
+            }
+        }
     }
 }
 
@@ -102,29 +130,97 @@ pub fn leaf_hash(data: &[u8]) -> [u8; DIGEST_LEN] {
 
 /// Root of the tree over already-hashed leaves, as `MerkleTree::build_from_leaf_hashes`.
 pub fn root_from_leaf_hashes(leaves: &[[u8; DIGEST_LEN]]) -> Node {
-    match leaves.len() {
-        0 => Node::Empty,
-        1 => Node::Digest(leaves[0]),
-        _ => {
-            let mut level: Vec<[u8; DIGEST_LEN]> = leaves.to_vec();
-            let mut buf: Vec<u8> = Vec::new();
-            while level.len() > 1 {
-                if level.len() % 2 == 1 {
-                    level.push([0; DIGEST_LEN]);
-                }
-                buf.clear();
-                for pair in level.chunks_exact(2) {
-                    buf.push(INNER_PREFIX);
-                    buf.extend_from_slice(&pair[0]);
-                    buf.extend_from_slice(&pair[1]);
-                }
-                let inputs: Vec<&[u8]> = buf.chunks_exact(1 + 2 * DIGEST_LEN).collect();
-                let mut next = vec![[0u8; DIGEST_LEN]; inputs.len()];
-                hash_many_into(&inputs, &mut next);
-                level = next;
-            }
-            Node::Digest(level[0])
+    MerkleBuilder::default().root(leaves, None)
+}
+
+/// Hashes of all-zero subtrees, level by level: level 0 is the leaf hash of an all-zero symbol.
+/// Sparse blobs (a small file padded to a large matrix) produce mostly zero symbols; their
+/// subtrees are looked up instead of hashed.
+#[derive(Debug, Clone)]
+pub struct ZeroChain {
+    levels: Vec<[u8; DIGEST_LEN]>,
+}
+
+impl ZeroChain {
+    pub fn new(symbol_size: usize, max_leaves: usize) -> Self {
+        let mut levels = vec![leaf_hash(&vec![0u8; symbol_size])];
+        let mut width = max_leaves;
+        while width > 1 {
+            let last = levels[levels.len() - 1];
+            levels.push(inner_hash(&last, &last));
+            width = width.div_ceil(2);
         }
+        Self { levels }
+    }
+
+    /// The leaf hash of an all-zero symbol.
+    pub fn leaf(&self) -> [u8; DIGEST_LEN] {
+        self.levels[0]
+    }
+}
+
+fn inner_hash(l: &[u8; DIGEST_LEN], r: &[u8; DIGEST_LEN]) -> [u8; DIGEST_LEN] {
+    let mut buf = [0u8; 1 + 2 * DIGEST_LEN];
+    buf[0] = INNER_PREFIX;
+    buf[1..1 + DIGEST_LEN].copy_from_slice(l);
+    buf[1 + DIGEST_LEN..].copy_from_slice(r);
+    blake2b256(&buf)
+}
+
+/// Reusable buffers for computing many Merkle roots.
+#[derive(Default)]
+pub struct MerkleBuilder {
+    level: Vec<[u8; DIGEST_LEN]>,
+    next: Vec<[u8; DIGEST_LEN]>,
+    buf: Vec<u8>,
+    todo: Vec<usize>,
+    out: Vec<[u8; DIGEST_LEN]>,
+}
+
+impl MerkleBuilder {
+    /// Root over leaf hashes; with `zero`, all-zero subtrees are looked up rather than hashed.
+    pub fn root(&mut self, leaves: &[[u8; DIGEST_LEN]], zero: Option<&ZeroChain>) -> Node {
+        match leaves.len() {
+            0 => return Node::Empty,
+            1 => return Node::Digest(leaves[0]),
+            _ => {}
+        }
+        self.level.clear();
+        self.level.extend_from_slice(leaves);
+        let mut depth = 0;
+        while self.level.len() > 1 {
+            if self.level.len() % 2 == 1 {
+                self.level.push([0; DIGEST_LEN]);
+            }
+            let z = zero.and_then(|z| Some((z.levels.get(depth)?, z.levels.get(depth + 1)?)));
+            self.next.clear();
+            self.buf.clear();
+            self.todo.clear();
+            for (i, pair) in self.level.chunks_exact(2).enumerate() {
+                match z {
+                    Some((zl, zn)) if pair[0] == *zl && pair[1] == *zl => self.next.push(*zn),
+                    _ => {
+                        self.next.push([0; DIGEST_LEN]);
+                        self.todo.push(i);
+                        self.buf.push(INNER_PREFIX);
+                        self.buf.extend_from_slice(&pair[0]);
+                        self.buf.extend_from_slice(&pair[1]);
+                    }
+                }
+            }
+            if !self.todo.is_empty() {
+                let inputs: Vec<&[u8]> = self.buf.chunks_exact(1 + 2 * DIGEST_LEN).collect();
+                self.out.clear();
+                self.out.resize(inputs.len(), [0; DIGEST_LEN]);
+                hash_many_into(&inputs, &mut self.out);
+                for (&i, h) in self.todo.iter().zip(&self.out) {
+                    self.next[i] = *h;
+                }
+            }
+            std::mem::swap(&mut self.level, &mut self.next);
+            depth += 1;
+        }
+        Node::Digest(self.level[0])
     }
 }
 
@@ -172,10 +268,28 @@ mod tests {
     }
 
     #[test]
+    fn zero_chain_shortcut_gives_the_same_root() {
+        let z = ZeroChain::new(6, 1000);
+        for n in [2usize, 3, 7, 64, 100, 1000] {
+            for nonzero in [vec![], vec![0], vec![n - 1], vec![n / 2, n / 3]] {
+                let mut leaves = vec![z.leaf(); n];
+                for &i in &nonzero {
+                    leaves[i] = leaf_hash(&[i as u8; 6]);
+                }
+                assert_eq!(
+                    MerkleBuilder::default().root(&leaves, Some(&z)),
+                    root_from_leaf_hashes(&leaves),
+                    "n={n} nonzero={nonzero:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn leaf_hasher_matches_single_leaf_hash() {
         let symbols: Vec<u8> = (0..=255u8).cycle().take(6 * 10).collect();
         let mut out = vec![[0u8; 32]; 10];
-        LeafHasher::default().hash_symbols(&symbols, 6, &mut out);
+        LeafHasher::default().hash_symbols(&symbols, 6, &mut out, None);
         for (i, o) in out.iter().enumerate() {
             assert_eq!(*o, leaf_hash(&symbols[i * 6..i * 6 + 6]));
         }

@@ -97,6 +97,7 @@ impl Sliver {
             s,
             &mut leaves,
             n,
+            None,
         );
         Ok(root_from_leaf_hashes(&leaves))
     }
