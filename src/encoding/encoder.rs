@@ -71,8 +71,10 @@ fn is_zero(b: &[u8]) -> bool {
 
 /// Codewords handled per parallel task: enough to batch tiny symbols, few enough that both
 /// cores get work.
-fn group_size(count: usize, s: usize) -> usize {
-    let by_size = (16 * 1024 / s).clamp(1, 256);
+/// A group's codec output (`n` symbols per codeword) is hashed right after it is produced, so
+/// groups are sized to keep that output in cache.
+fn group_size(count: usize, s: usize, n: usize) -> usize {
+    let by_size = (256 * 1024 / (s * n)).clamp(1, 256);
     by_size.min(count.div_ceil(8)).max(1)
 }
 
@@ -102,7 +104,7 @@ pub(crate) fn expand(
     // Phase A: extend rows; hash each full row of n symbols.
     let mut row_recovery = vec![0u8; rows * m_row * s];
     let mut hashes_a: Vec<Hash> = vec![[0; DIGEST_LEN]; rows * n];
-    let ga = group_size(rows, s);
+    let ga = group_size(rows, s, n);
     row_recovery
         .par_chunks_mut(ga * m_row * s)
         .zip(hashes_a.par_chunks_mut(ga * n))
@@ -156,7 +158,7 @@ pub(crate) fn expand(
             &row_recovery_ref[at..at + s]
         }
     };
-    let gb = group_size(n, s);
+    let gb = group_size(n, s, n);
     let n_groups = n.div_ceil(gb);
     // Split the column-extension storage by the same groups (only source columns keep it).
     let mut cr_chunks: Vec<Option<&mut [u8]>> = Vec::with_capacity(n_groups);
