@@ -84,7 +84,11 @@ fn id_encode_decode_agree_and_round_trip() {
     let dec = walrusfs(&["blob", "decode", "enc", "-o", "back"], d);
     assert!(dec.status.success(), "{}", stderr(&dec));
     assert_eq!(stdout_last_line(&dec), blob_id);
-    assert!(stderr(&dec).contains("00002.primary.bcs"), "corrupt sliver named: {}", stderr(&dec));
+    assert!(
+        stderr(&dec).contains("00002.primary.bcs"),
+        "corrupt sliver named: {}",
+        stderr(&dec)
+    );
     assert_eq!(std::fs::read(d.join("back")).unwrap(), blob);
 
     // Down to 3 valid primary slivers: a clear error, and no output file.
@@ -125,11 +129,26 @@ fn errors_are_clear() {
     let cases: &[(&[&str], &str)] = &[
         (&["blob", "id", "missing"], "cannot read missing"),
         (&["blob", "id", "notablob"], "is not a regular file"),
-        (&["blob", "id", "max", "--shards", "3"], "3 shards is out of range"),
-        (&["blob", "id", "max", "--shards", "5000"], "5000 shards is out of range"),
-        (&["blob", "id", "big", "--shards", "10"], "the maximum is 1834952 bytes"),
-        (&["blob", "encode", "big", "--shards", "10", "-o", "x"], "the maximum is 1834952 bytes"),
-        (&["blob", "decode", "notablob", "-o", "y"], "has no metadata.bcs"),
+        (
+            &["blob", "id", "max", "--shards", "3"],
+            "3 shards is out of range",
+        ),
+        (
+            &["blob", "id", "max", "--shards", "5000"],
+            "5000 shards is out of range",
+        ),
+        (
+            &["blob", "id", "big", "--shards", "10"],
+            "the maximum is 1834952 bytes",
+        ),
+        (
+            &["blob", "encode", "big", "--shards", "10", "-o", "x"],
+            "the maximum is 1834952 bytes",
+        ),
+        (
+            &["blob", "decode", "notablob", "-o", "y"],
+            "has no metadata.bcs",
+        ),
     ];
     for (args, needle) in cases {
         let out = walrusfs(args, d);
@@ -150,7 +169,11 @@ fn errors_are_clear() {
     std::fs::write(&mp, b).unwrap();
     let out = walrusfs(&["blob", "decode", "m", "-o", "z"], d);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("does not hash to blob ID"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not hash to blob ID"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -95,7 +95,8 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
             let meta = if len > IN_MEMORY_LIMIT {
                 files::encode_file(&config, &file, None)?
             } else {
-                let data = fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let data =
+                    fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
                 config.compute_metadata(&data)?
             };
             if verbose {
@@ -103,7 +104,11 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                 writeln!(out, "shards:         {}", config.n_shards())?;
                 writeln!(out, "symbol size:    {}", config.symbol_size(len)?)?;
                 writeln!(out, "encoded length: {}", config.encoded_blob_length(len)?)?;
-                writeln!(out, "root hash:      {}", hex(&meta.metadata.root_hash().bytes()))?;
+                writeln!(
+                    out,
+                    "root hash:      {}",
+                    hex(&meta.metadata.root_hash().bytes())
+                )?;
             }
             writeln!(out, "{}", meta.blob_id)?;
         }
@@ -124,7 +129,8 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
             let meta = if streaming || len > IN_MEMORY_LIMIT {
                 files::encode_file(&config, &file, Some(&output))?
             } else {
-                let data = fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let data =
+                    fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
                 let encoded = config.encode_owned(data)?;
                 files::write_dir(&encoded, &output)?;
                 encoded.metadata
@@ -147,11 +153,15 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
             }
             let decoded = match files::decode_dir(&dir) {
                 Ok(d) => d,
-                Err(e) => return Err(e).with_context(|| format!("cannot decode {}", dir.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot decode {}", dir.display()));
+                }
             };
             let tmp = output.with_extension("walrusfs-partial");
-            fs::write(&tmp, &decoded.data).with_context(|| format!("cannot write {}", tmp.display()))?;
-            fs::rename(&tmp, &output).with_context(|| format!("cannot write {}", output.display()))?;
+            fs::write(&tmp, &decoded.data)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            fs::rename(&tmp, &output)
+                .with_context(|| format!("cannot write {}", output.display()))?;
             writeln!(
                 out,
                 "decoded {} bytes from {} valid primary slivers into {}",

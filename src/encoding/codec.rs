@@ -113,7 +113,9 @@ impl Encoder {
             }
         }
         // Just set above.
-        self.rs.as_mut().ok_or_else(|| EncodingError::Codec("encoder missing".into()))
+        self.rs
+            .as_mut()
+            .ok_or_else(|| EncodingError::Codec("encoder missing".into()))
     }
 
     /// Encodes `count` codewords of symbol size `s`. `src(c, i)` is source symbol `i` of
@@ -136,7 +138,8 @@ impl Encoder {
             for r in &whole {
                 let rs = self.rs(r.len())?;
                 for i in 0..k {
-                    rs.add_original_shard(&src(c, i)[r.clone()]).map_err(codec_err)?;
+                    rs.add_original_shard(&src(c, i)[r.clone()])
+                        .map_err(codec_err)?;
                 }
                 let res = rs.encode().map_err(codec_err)?;
                 for (q, rec) in res.recovery_iter().enumerate() {
@@ -203,7 +206,9 @@ impl Decoder {
                     Some(ReedSolomonDecoder::new(self.k, self.m, shard_bytes).map_err(codec_err)?)
             }
         }
-        self.rs.as_mut().ok_or_else(|| EncodingError::Codec("decoder missing".into()))
+        self.rs
+            .as_mut()
+            .ok_or_else(|| EncodingError::Codec("decoder missing".into()))
     }
 
     /// `present` lists `k` distinct symbol indices (`< k`: source, otherwise recovery `idx - k`).
@@ -319,15 +324,26 @@ mod tests {
                     continue;
                 }
                 let count = 5;
-                let data: Vec<Vec<u8>> = (0..count).map(|_| (0..k * s).map(|_| rnd()).collect()).collect();
+                let data: Vec<Vec<u8>> = (0..count)
+                    .map(|_| (0..k * s).map(|_| rnd()).collect())
+                    .collect();
                 let mut got = vec![vec![0u8; m * s]; count];
                 Encoder::new(k, m)
-                    .encode_many(s, count, |c, i| &data[c][i * s..(i + 1) * s], |c, r, range, b| {
-                        got[c][r * s + range.start..r * s + range.end].copy_from_slice(b)
-                    })
+                    .encode_many(
+                        s,
+                        count,
+                        |c, i| &data[c][i * s..(i + 1) * s],
+                        |c, r, range, b| {
+                            got[c][r * s + range.start..r * s + range.end].copy_from_slice(b)
+                        },
+                    )
                     .unwrap();
                 for c in 0..count {
-                    assert_eq!(got[c], reference(k, m, s, &data[c]), "k={k} m={m} s={s} c={c}");
+                    assert_eq!(
+                        got[c],
+                        reference(k, m, s, &data[c]),
+                        "k={k} m={m} s={s} c={c}"
+                    );
                 }
                 // Decode from the last k of the n symbols (as many recovery symbols as possible).
                 let n = k + m;
@@ -339,7 +355,8 @@ mod tests {
                 for c in 0..count {
                     for &i in &present {
                         if i < k {
-                            dec[c][i * s..(i + 1) * s].copy_from_slice(&full[c][i * s..(i + 1) * s]);
+                            dec[c][i * s..(i + 1) * s]
+                                .copy_from_slice(&full[c][i * s..(i + 1) * s]);
                         }
                     }
                 }
@@ -349,7 +366,9 @@ mod tests {
                         count,
                         &present,
                         |c, p| &full[c][present[p] * s..(present[p] + 1) * s],
-                        |c, i, range, b| dec[c][i * s + range.start..i * s + range.end].copy_from_slice(b),
+                        |c, i, range, b| {
+                            dec[c][i * s + range.start..i * s + range.end].copy_from_slice(b)
+                        },
                     )
                     .unwrap();
                 for c in 0..count {

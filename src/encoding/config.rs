@@ -146,7 +146,11 @@ impl EncodingConfig {
     }
 
     /// Length in bytes of a sliver of the given type for a blob of `blob_len` bytes.
-    pub fn sliver_len(&self, sliver_type: SliverType, blob_len: u64) -> Result<usize, EncodingError> {
+    pub fn sliver_len(
+        &self,
+        sliver_type: SliverType,
+        blob_len: u64,
+    ) -> Result<usize, EncodingError> {
         let s = usize::from(self.symbol_size(blob_len)?);
         Ok(match sliver_type {
             SliverType::Primary => self.cols() * s,
@@ -193,7 +197,11 @@ mod tests {
             (1000, 334, 667),
         ] {
             let c = EncodingConfig::new(n).unwrap();
-            assert_eq!((c.n_primary_source_symbols(), c.n_secondary_source_symbols()), (p, s), "n={n}");
+            assert_eq!(
+                (c.n_primary_source_symbols(), c.n_secondary_source_symbols()),
+                (p, s),
+                "n={n}"
+            );
         }
     }
 
@@ -222,8 +230,14 @@ mod tests {
     #[test]
     fn encoded_length_matches_walrus_core() {
         let c = EncodingConfig::new(10).unwrap();
-        assert_eq!(c.encoded_blob_length(0).unwrap(), 10 * (2 * (4 + 7) + 10 * 2 * 32 + 32));
-        assert_eq!(c.encoded_blob_length(2800).unwrap(), 10 * ((4 + 7) * 100 + 10 * 2 * 32 + 32));
+        assert_eq!(
+            c.encoded_blob_length(0).unwrap(),
+            10 * (2 * (4 + 7) + 10 * 2 * 32 + 32)
+        );
+        assert_eq!(
+            c.encoded_blob_length(2800).unwrap(),
+            10 * ((4 + 7) * 100 + 10 * 2 * 32 + 32)
+        );
     }
 
     #[test]

@@ -179,7 +179,13 @@ pub(crate) fn expand(
         .zip(cr_chunks.into_par_iter())
         .enumerate()
         .try_for_each_init(
-            || (Encoder::new(rows, m_col), LeafHasher::default(), Vec::<u8>::new()),
+            || {
+                (
+                    Encoder::new(rows, m_col),
+                    LeafHasher::default(),
+                    Vec::<u8>::new(),
+                )
+            },
             |(enc, hasher, scratch), (gi, (hb, kept))| -> Result<(), EncodingError> {
                 let j0 = gi * gb;
                 let g = hb.len() / m_col;

@@ -20,18 +20,14 @@ pub enum EncodingError {
     #[error("the metadata does not hash to blob ID {expected}: it belongs to blob {computed}")]
     BlobIdMismatch { expected: String, computed: String },
 
-    #[error(
-        "{sliver_type} sliver {index} does not match the blob's metadata: {reason}"
-    )]
+    #[error("{sliver_type} sliver {index} does not match the blob's metadata: {reason}")]
     InvalidSliver {
         sliver_type: SliverType,
         index: u16,
         reason: SliverDefect,
     },
 
-    #[error(
-        "not enough valid primary slivers to decode: have {have}, need {need} distinct ones"
-    )]
+    #[error("not enough valid primary slivers to decode: have {have}, need {need} distinct ones")]
     NotEnoughSlivers { have: usize, need: usize },
 
     #[error("cannot decode BCS {what}: {reason}")]

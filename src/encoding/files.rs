@@ -29,7 +29,8 @@ type Hash = [u8; DIGEST_LEN];
 
 /// Path of a sliver file inside an encoded blob directory.
 pub fn sliver_path(dir: &Path, pair: u16, sliver_type: SliverType) -> PathBuf {
-    dir.join("slivers").join(format!("{pair:05}.{sliver_type}.bcs"))
+    dir.join("slivers")
+        .join(format!("{pair:05}.{sliver_type}.bcs"))
 }
 
 pub fn metadata_path(dir: &Path) -> PathBuf {
@@ -44,7 +45,12 @@ struct SliverFile {
 }
 
 impl SliverFile {
-    fn create(path: PathBuf, len: usize, symbol_size: u16, index: u16) -> Result<Self, EncodingError> {
+    fn create(
+        path: PathBuf,
+        len: usize,
+        symbol_size: u16,
+        index: u16,
+    ) -> Result<Self, EncodingError> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -80,7 +86,13 @@ impl SliverFile {
 }
 
 /// Reads row `r` of the source matrix (zero-padded past the end of the blob).
-fn read_row(input: &File, path: &Path, len: u64, r: usize, buf: &mut [u8]) -> Result<(), EncodingError> {
+fn read_row(
+    input: &File,
+    path: &Path,
+    len: u64,
+    r: usize,
+    buf: &mut [u8],
+) -> Result<(), EncodingError> {
     let start = (r * buf.len()) as u64;
     buf.fill(0);
     if start < len {
@@ -100,7 +112,10 @@ pub fn encode_file(
     out_dir: Option<&Path>,
 ) -> Result<BlobMetadataWithId, EncodingError> {
     let file = File::open(input).map_err(|e| EncodingError::io(input, e))?;
-    let len = file.metadata().map_err(|e| EncodingError::io(input, e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| EncodingError::io(input, e))?
+        .len();
     if len > config.max_blob_size() {
         return Err(EncodingError::BlobTooLarge {
             len,
@@ -121,7 +136,14 @@ pub fn encode_file(
         let sl = dir.join("slivers");
         fs::create_dir_all(&sl).map_err(|e| EncodingError::io(&sl, e))?;
         let primary = (0..n)
-            .map(|i| SliverFile::create(sliver_path(dir, i as u16, SliverType::Primary), cols * s, symbol_size, i as u16))
+            .map(|i| {
+                SliverFile::create(
+                    sliver_path(dir, i as u16, SliverType::Primary),
+                    cols * s,
+                    symbol_size,
+                    i as u16,
+                )
+            })
             .collect::<Result<_, _>>()?;
         // Column j is the secondary sliver of pair n − 1 − j.
         let secondary = (0..n)
@@ -155,29 +177,46 @@ pub fn encode_file(
 
     // Phase A: rows.
     let mut hashes_a: Vec<Hash> = vec![[0; DIGEST_LEN]; rows * n];
-    hashes_a
-        .par_chunks_mut(n)
-        .enumerate()
-        .try_for_each_init(
-            || (Encoder::new(cols, m_row), LeafHasher::default(), vec![0u8; cols * s], vec![0u8; m_row * s]),
-            |(enc, hasher, row, rec), (r, ha)| -> Result<(), EncodingError> {
-                read_row(&file, input, len, r, row)?;
-                enc.encode_many(s, 1, |_, i| &row[i * s..(i + 1) * s], |_, q, range, b| {
-                    rec[q * s + range.start..q * s + range.end].copy_from_slice(b)
-                })?;
-                hasher.hash_iter(row.chunks_exact(s).chain(rec.chunks_exact(s)), s, ha, n, None);
-                if out_dir.is_some() {
-                    primary[r].write_at(0, row)?;
+    hashes_a.par_chunks_mut(n).enumerate().try_for_each_init(
+        || {
+            (
+                Encoder::new(cols, m_row),
+                LeafHasher::default(),
+                vec![0u8; cols * s],
+                vec![0u8; m_row * s],
+            )
+        },
+        |(enc, hasher, row, rec), (r, ha)| -> Result<(), EncodingError> {
+            read_row(&file, input, len, r, row)?;
+            enc.encode_many(
+                s,
+                1,
+                |_, i| &row[i * s..(i + 1) * s],
+                |_, q, range, b| rec[q * s + range.start..q * s + range.end].copy_from_slice(b),
+            )?;
+            hasher.hash_iter(
+                row.chunks_exact(s).chain(rec.chunks_exact(s)),
+                s,
+                ha,
+                n,
+                None,
+            );
+            if out_dir.is_some() {
+                primary[r].write_at(0, row)?;
+            }
+            for j in 0..n {
+                if let Some(f) = column_file(j) {
+                    let sym = if j < cols {
+                        &row[j * s..(j + 1) * s]
+                    } else {
+                        &rec[(j - cols) * s..(j - cols + 1) * s]
+                    };
+                    f.write_at(r * s, sym)?;
                 }
-                for j in 0..n {
-                    if let Some(f) = column_file(j) {
-                        let sym = if j < cols { &row[j * s..(j + 1) * s] } else { &rec[(j - cols) * s..(j - cols + 1) * s] };
-                        f.write_at(r * s, sym)?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        },
+    )?;
 
     // Phase B: columns.
     let mut hashes_b: Vec<Hash> = vec![[0; DIGEST_LEN]; n * m_col];
@@ -185,7 +224,14 @@ pub fn encode_file(
         .par_chunks_mut(m_col)
         .enumerate()
         .try_for_each_init(
-            || (Encoder::new(rows, m_col), LeafHasher::default(), vec![0u8; rows * s], vec![0u8; m_col * s]),
+            || {
+                (
+                    Encoder::new(rows, m_col),
+                    LeafHasher::default(),
+                    vec![0u8; rows * s],
+                    vec![0u8; m_col * s],
+                )
+            },
             |(enc, hasher, col, rec), (j, hb)| -> Result<(), EncodingError> {
                 match column_file(j) {
                     Some(f) => f.read_at(0, col)?,
@@ -196,14 +242,18 @@ pub fn encode_file(
                             sym.fill(0);
                             if at < len {
                                 let k = ((len - at) as usize).min(s);
-                                file.read_exact_at(&mut sym[..k], at).map_err(|e| EncodingError::io(input, e))?;
+                                file.read_exact_at(&mut sym[..k], at)
+                                    .map_err(|e| EncodingError::io(input, e))?;
                             }
                         }
                     }
                 }
-                enc.encode_many(s, 1, |_, i| &col[i * s..(i + 1) * s], |_, q, range, b| {
-                    rec[q * s + range.start..q * s + range.end].copy_from_slice(b)
-                })?;
+                enc.encode_many(
+                    s,
+                    1,
+                    |_, i| &col[i * s..(i + 1) * s],
+                    |_, q, range, b| rec[q * s + range.start..q * s + range.end].copy_from_slice(b),
+                )?;
                 hasher.hash_symbols(rec, s, hb, None);
                 if out_dir.is_some() && j < cols {
                     for q in 0..m_col {

@@ -77,7 +77,13 @@ impl LeafHasher {
     ) {
         let count = symbols.len() / symbol_size;
         debug_assert_eq!(count, out.len());
-        self.hash_iter(symbols.chunks_exact(symbol_size), symbol_size, out, count, zero);
+        self.hash_iter(
+            symbols.chunks_exact(symbol_size),
+            symbol_size,
+            out,
+            count,
+            zero,
+        );
     }
 
     /// Leaf hashes of `count` symbols of `symbol_size` bytes yielded by `symbols`.

@@ -83,7 +83,11 @@ impl BlobMetadata {
 
     /// The blob ID this metadata hashes to.
     pub fn compute_blob_id(&self) -> BlobId {
-        BlobId::from_root(&self.root_hash(), self.encoding_type(), self.unencoded_length())
+        BlobId::from_root(
+            &self.root_hash(),
+            self.encoding_type(),
+            self.unencoded_length(),
+        )
     }
 }
 

@@ -53,13 +53,19 @@ impl Sliver {
     pub fn from_bcs(bytes: &[u8], sliver_type: SliverType) -> Result<Self, EncodingError> {
         let (len, header) = read_uleb128(bytes)?;
         if len > MAX_SLIVER_BYTES {
-            return Err(EncodingError::bcs("sliver", format!("length {len} is too large")));
+            return Err(EncodingError::bcs(
+                "sliver",
+                format!("length {len} is too large"),
+            ));
         }
         let expected = header + len + 4;
         if bytes.len() != expected {
             return Err(EncodingError::bcs(
                 "sliver",
-                format!("expected {expected} bytes for a sliver of {len} bytes, got {}", bytes.len()),
+                format!(
+                    "expected {expected} bytes for a sliver of {len} bytes, got {}",
+                    bytes.len()
+                ),
             ));
         }
         let data = bytes[header..header + len].to_vec();
@@ -104,7 +110,11 @@ impl Sliver {
 
     /// Checks this sliver against (already verified) metadata: index, length, symbol size and
     /// Merkle root.
-    pub fn verify(&self, config: &EncodingConfig, metadata: &BlobMetadata) -> Result<(), EncodingError> {
+    pub fn verify(
+        &self,
+        config: &EncodingConfig,
+        metadata: &BlobMetadata,
+    ) -> Result<(), EncodingError> {
         let defect = |reason| EncodingError::InvalidSliver {
             sliver_type: self.sliver_type,
             index: self.index,
@@ -163,7 +173,10 @@ pub(crate) fn read_uleb128(bytes: &[u8]) -> Result<(usize, usize), EncodingError
             return Ok((value as usize, i + 1));
         }
     }
-    Err(EncodingError::bcs("sliver", "truncated or overlong length prefix"))
+    Err(EncodingError::bcs(
+        "sliver",
+        "truncated or overlong length prefix",
+    ))
 }
 
 #[cfg(test)]
@@ -212,7 +225,10 @@ mod tests {
         }
         .to_bcs();
         let theirs = bcs::to_bytes(&SliverData {
-            symbols: Symbols { data, symbol_size: 6 },
+            symbols: Symbols {
+                data,
+                symbol_size: 6,
+            },
             index: 999,
         })
         .unwrap();
