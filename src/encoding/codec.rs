@@ -5,19 +5,16 @@
 //! 64-byte chunks whose bytes `i` and `i + 32` form one element, plus a tail of `t = L % 64`
 //! bytes whose bytes `i` and `i + t/2` form one element. The same linear map is applied to every
 //! element position independently. So (a) a symbol may be split at multiples of 64 bytes and
-//! each part encoded on its own (striping, to stay in cache), and (b) the tails of many
-//! codewords may be packed, element by element, into one shard of whole chunks and encoded in a
-//! single call (batching, since a call on a 2-byte shard costs as much as one on 64 bytes).
+//! each part encoded on its own (striping, to stay in cache), and (b) many codewords may share a
+//! call: their whole chunks concatenated, their tails packed element by element into further
+//! whole chunks (batching, since every call has a fixed cost and a 2-byte shard costs as much
+//! as a 64-byte one).
 
 use std::ops::Range;
 
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use super::EncodingError;
-
-/// Bytes of source data per codec call the striping aims at: large enough to amortise the
-/// transform, small enough for the working set to stay in L2.
-const STRIPE_TARGET_BYTES: usize = 256 * 1024;
 
 fn codec_err(e: reed_solomon_simd::Error) -> EncodingError {
     EncodingError::Codec(e.to_string())
@@ -51,40 +48,89 @@ fn unpack(shard: &[u8], first: usize, sym: &mut [u8]) {
     }
 }
 
-/// Splits a symbol of `s` bytes into stripes for direct codec calls, plus a range to pack.
-///
-/// Symbols of 64 bytes or more are cut at multiples of 64 (the last stripe keeps the tail, which
-/// the codec pads itself; that costs less than packing). Shorter symbols would each be padded to
-/// 64 bytes by the codec, so they are packed across codewords instead.
-fn stripes(s: usize, k: usize) -> (Vec<Range<usize>>, Range<usize>) {
-    if s < 64 {
-        return (Vec::new(), 0..s);
+/// How a run of codewords with `s`-byte symbols and `k` input shards is cut into codec calls.
+enum Plan {
+    /// One call per group of `g` codewords: every shard is the concatenation of the
+    /// codewords' whole 64-byte chunks followed by their tails packed element by element.
+    Batch { g: usize },
+    /// One call per stripe of one codeword (stripes end on multiples of 64; the last one keeps
+    /// the tail, which the codec handles itself).
+    Stripe { stripes: Vec<Range<usize>> },
+}
+
+fn plan(s: usize, k: usize, target: usize) -> Plan {
+    let per_codeword = s * k;
+    if per_codeword * 2 <= target {
+        return Plan::Batch {
+            g: (target / per_codeword).max(1),
+        };
     }
-    let per = (STRIPE_TARGET_BYTES / k.max(1)).max(64) / 64 * 64;
-    let mut v = Vec::new();
+    let per = (target / k.max(1)).max(64) / 64 * 64;
+    let mut stripes = Vec::new();
     let mut a = 0;
     while a < s {
         let mut b = (a + per).min(s);
-        // Never leave a tail-only stripe: it must stay attached to whole chunks.
+        // Never leave a tail-only stripe: the tail must stay attached to whole chunks.
         if s - b < 64 {
             b = s;
         }
-        v.push(a..b);
+        stripes.push(a..b);
         a = b;
     }
-    (v, s..s)
+    Plan::Stripe { stripes }
 }
 
-/// Codeword layout for packing tails: how many codewords share one packed call.
-fn tail_group(t: usize, k: usize) -> usize {
-    if t == 0 {
-        return 1;
-    }
-    // Aim for packed shards of a few KiB, bounded by the per-call byte target.
-    let by_shard = (4096 / t).max(1);
-    let by_call = (STRIPE_TARGET_BYTES / (k * t).max(1)).max(1);
-    by_shard.min(by_call).max(1)
+/// Byte layout of a batched shard of `g` codewords: whole parts first, then packed tails.
+#[derive(Clone, Copy)]
+struct Batch {
+    s: usize,
+    g: usize,
+    whole: usize,
 }
+
+impl Batch {
+    fn new(s: usize, g: usize) -> Self {
+        Self {
+            s,
+            g,
+            whole: s / 64 * 64,
+        }
+    }
+
+    fn shard_len(&self) -> usize {
+        let h = (self.s - self.whole) / 2;
+        self.g * self.whole + (self.g * h).div_ceil(32) * 64
+    }
+
+    /// Writes symbol `sym` of codeword `c` into `shard`.
+    fn put(&self, shard: &mut [u8], c: usize, sym: &[u8]) {
+        let w = self.whole;
+        shard[c * w..(c + 1) * w].copy_from_slice(&sym[..w]);
+        let tail = &sym[w..];
+        if !tail.is_empty() {
+            pack(&mut shard[self.g * w..], c * (tail.len() / 2), tail);
+        }
+    }
+
+    /// Hands codeword `c`'s symbol in `shard` to `out` as (range, bytes) pieces.
+    fn get(&self, shard: &[u8], c: usize, tmp: &mut [u8], mut out: impl FnMut(Range<usize>, &[u8])) {
+        let w = self.whole;
+        if w > 0 {
+            out(0..w, &shard[c * w..(c + 1) * w]);
+        }
+        let t = self.s - w;
+        if t > 0 {
+            unpack(&shard[self.g * w..], c * (t / 2), &mut tmp[..t]);
+            out(w..self.s, &tmp[..t]);
+        }
+    }
+}
+
+/// Bytes per encoder call: large enough to amortise the transform, small enough to stay in L2.
+const ENCODE_TARGET_BYTES: usize = 256 * 1024;
+/// Bytes per decoder call: each call first computes the erasure locator over the whole field
+/// (tens of microseconds whatever the shard size), so decoding batches more.
+const DECODE_TARGET_BYTES: usize = 2 * 1024 * 1024;
 
 /// A systematic encoder for `k` source symbols and `m` recovery symbols.
 pub(crate) struct Encoder {
@@ -92,6 +138,7 @@ pub(crate) struct Encoder {
     m: usize,
     rs: Option<ReedSolomonEncoder>,
     packed: Vec<u8>,
+    tmp: Vec<u8>,
 }
 
 impl Encoder {
@@ -101,21 +148,23 @@ impl Encoder {
             m,
             rs: None,
             packed: Vec::new(),
+            tmp: vec![0; 64],
         }
     }
 
-    fn rs(&mut self, shard_bytes: usize) -> Result<&mut ReedSolomonEncoder, EncodingError> {
-        match self.rs {
-            Some(ref mut rs) => rs.reset(self.k, self.m, shard_bytes).map_err(codec_err)?,
-            None => {
-                self.rs =
-                    Some(ReedSolomonEncoder::new(self.k, self.m, shard_bytes).map_err(codec_err)?)
+    fn rs(
+        rs: &mut Option<ReedSolomonEncoder>,
+        k: usize,
+        m: usize,
+        shard_bytes: usize,
+    ) -> Result<&mut ReedSolomonEncoder, EncodingError> {
+        match rs {
+            Some(rs) => {
+                rs.reset(k, m, shard_bytes).map_err(codec_err)?;
+                Ok(rs)
             }
+            None => Ok(rs.insert(ReedSolomonEncoder::new(k, m, shard_bytes).map_err(codec_err)?)),
         }
-        // Just set above.
-        self.rs
-            .as_mut()
-            .ok_or_else(|| EncodingError::Codec("encoder missing".into()))
     }
 
     /// Encodes `count` codewords of symbol size `s`. `src(c, i)` is source symbol `i` of
@@ -132,56 +181,52 @@ impl Encoder {
         S: Fn(usize, usize) -> &'a [u8],
         O: FnMut(usize, usize, Range<usize>, &[u8]),
     {
-        let k = self.k;
-        let (whole, tail) = stripes(s, k);
-        for c in 0..count {
-            for r in &whole {
-                let rs = self.rs(r.len())?;
-                for i in 0..k {
-                    rs.add_original_shard(&src(c, i)[r.clone()])
-                        .map_err(codec_err)?;
+        let (k, m) = (self.k, self.m);
+        match plan(s, k, ENCODE_TARGET_BYTES) {
+            Plan::Stripe { stripes } => {
+                for c in 0..count {
+                    for r in &stripes {
+                        let rs = Self::rs(&mut self.rs, k, m, r.len())?;
+                        for i in 0..k {
+                            rs.add_original_shard(&src(c, i)[r.clone()])
+                                .map_err(codec_err)?;
+                        }
+                        let res = rs.encode().map_err(codec_err)?;
+                        for (q, rec) in res.recovery_iter().enumerate() {
+                            out(c, q, r.clone(), rec);
+                        }
+                    }
                 }
-                let res = rs.encode().map_err(codec_err)?;
-                for (q, rec) in res.recovery_iter().enumerate() {
-                    out(c, q, r.clone(), rec);
+            }
+            Plan::Batch { g } => {
+                let mut c0 = 0;
+                while c0 < count {
+                    let b = Batch::new(s, g.min(count - c0));
+                    let len = b.shard_len();
+                    self.packed.clear();
+                    self.packed.resize(len * k, 0);
+                    for i in 0..k {
+                        let shard = &mut self.packed[i * len..(i + 1) * len];
+                        for c in 0..b.g {
+                            b.put(shard, c, src(c0 + c, i));
+                        }
+                    }
+                    let rs = Self::rs(&mut self.rs, k, m, len)?;
+                    for shard in self.packed.chunks_exact(len) {
+                        rs.add_original_shard(shard).map_err(codec_err)?;
+                    }
+                    let res = rs.encode().map_err(codec_err)?;
+                    for (q, rec) in res.recovery_iter().enumerate() {
+                        for c in 0..b.g {
+                            b.get(rec, c, &mut self.tmp, |range, bytes| {
+                                out(c0 + c, q, range, bytes)
+                            });
+                        }
+                    }
+                    c0 += b.g;
                 }
             }
         }
-        let t = tail.len();
-        if t == 0 {
-            return Ok(());
-        }
-        let h = t / 2;
-        let group = tail_group(t, k);
-        let mut tmp = vec![0u8; t];
-        let mut packed = std::mem::take(&mut self.packed);
-        let mut c0 = 0;
-        while c0 < count {
-            let g = group.min(count - c0);
-            let len = (g * h).div_ceil(32) * 64;
-            packed.clear();
-            packed.resize(len * k, 0);
-            for i in 0..k {
-                let shard = &mut packed[i * len..(i + 1) * len];
-                for gc in 0..g {
-                    pack(shard, gc * h, &src(c0 + gc, i)[tail.clone()]);
-                }
-            }
-            let rs = self.rs(len)?;
-            for i in 0..k {
-                rs.add_original_shard(&packed[i * len..(i + 1) * len])
-                    .map_err(codec_err)?;
-            }
-            let res = rs.encode().map_err(codec_err)?;
-            for (q, rec) in res.recovery_iter().enumerate() {
-                for gc in 0..g {
-                    unpack(rec, gc * h, &mut tmp);
-                    out(c0 + gc, q, tail.clone(), &tmp);
-                }
-            }
-            c0 += g;
-        }
-        self.packed = packed;
         Ok(())
     }
 }
@@ -191,24 +236,34 @@ pub(crate) struct Decoder {
     k: usize,
     m: usize,
     rs: Option<ReedSolomonDecoder>,
+    packed: Vec<u8>,
+    tmp: Vec<u8>,
 }
 
 impl Decoder {
     pub(crate) fn new(k: usize, m: usize) -> Self {
-        Self { k, m, rs: None }
+        Self {
+            k,
+            m,
+            rs: None,
+            packed: Vec::new(),
+            tmp: vec![0; 64],
+        }
     }
 
-    fn rs(&mut self, shard_bytes: usize) -> Result<&mut ReedSolomonDecoder, EncodingError> {
-        match self.rs {
-            Some(ref mut rs) => rs.reset(self.k, self.m, shard_bytes).map_err(codec_err)?,
-            None => {
-                self.rs =
-                    Some(ReedSolomonDecoder::new(self.k, self.m, shard_bytes).map_err(codec_err)?)
+    fn rs(
+        rs: &mut Option<ReedSolomonDecoder>,
+        k: usize,
+        m: usize,
+        shard_bytes: usize,
+    ) -> Result<&mut ReedSolomonDecoder, EncodingError> {
+        match rs {
+            Some(rs) => {
+                rs.reset(k, m, shard_bytes).map_err(codec_err)?;
+                Ok(rs)
             }
+            None => Ok(rs.insert(ReedSolomonDecoder::new(k, m, shard_bytes).map_err(codec_err)?)),
         }
-        self.rs
-            .as_mut()
-            .ok_or_else(|| EncodingError::Codec("decoder missing".into()))
     }
 
     /// `present` lists `k` distinct symbol indices (`< k`: source, otherwise recovery `idx - k`).
@@ -226,72 +281,68 @@ impl Decoder {
         S: Fn(usize, usize) -> &'a [u8],
         O: FnMut(usize, usize, Range<usize>, &[u8]),
     {
-        let k = self.k;
+        let (k, m) = (self.k, self.m);
         let missing: Vec<usize> = (0..k).filter(|i| !present.contains(i)).collect();
         if missing.is_empty() {
             return Ok(());
         }
-        let (whole, tail) = stripes(s, k);
-        for c in 0..count {
-            for r in &whole {
-                let rs = self.rs(r.len())?;
-                for (p, &idx) in present.iter().enumerate() {
-                    let shard = &src(c, p)[r.clone()];
-                    if idx < k {
-                        rs.add_original_shard(idx, shard).map_err(codec_err)?;
-                    } else {
-                        rs.add_recovery_shard(idx - k, shard).map_err(codec_err)?;
+        let add = |rs: &mut ReedSolomonDecoder, idx: usize, shard: &[u8]| {
+            if idx < k {
+                rs.add_original_shard(idx, shard)
+            } else {
+                rs.add_recovery_shard(idx - k, shard)
+            }
+            .map_err(codec_err)
+        };
+        let restored = |res: &reed_solomon_simd::DecoderResult<'_>, i: usize| {
+            res.restored_original(i)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| EncodingError::Codec(format!("symbol {i} not restored")))
+        };
+        match plan(s, present.len(), DECODE_TARGET_BYTES) {
+            Plan::Stripe { stripes } => {
+                for c in 0..count {
+                    for r in &stripes {
+                        let rs = Self::rs(&mut self.rs, k, m, r.len())?;
+                        for (p, &idx) in present.iter().enumerate() {
+                            add(rs, idx, &src(c, p)[r.clone()])?;
+                        }
+                        let res = rs.decode().map_err(codec_err)?;
+                        for &i in &missing {
+                            out(c, i, r.clone(), &restored(&res, i)?);
+                        }
                     }
                 }
-                let res = rs.decode().map_err(codec_err)?;
-                for &i in &missing {
-                    let restored = res
-                        .restored_original(i)
-                        .ok_or_else(|| EncodingError::Codec(format!("symbol {i} not restored")))?;
-                    out(c, i, r.clone(), restored);
+            }
+            Plan::Batch { g } => {
+                let mut c0 = 0;
+                while c0 < count {
+                    let b = Batch::new(s, g.min(count - c0));
+                    let len = b.shard_len();
+                    self.packed.clear();
+                    self.packed.resize(len * present.len(), 0);
+                    for p in 0..present.len() {
+                        let shard = &mut self.packed[p * len..(p + 1) * len];
+                        for c in 0..b.g {
+                            b.put(shard, c, src(c0 + c, p));
+                        }
+                    }
+                    let rs = Self::rs(&mut self.rs, k, m, len)?;
+                    for (p, &idx) in present.iter().enumerate() {
+                        add(rs, idx, &self.packed[p * len..(p + 1) * len])?;
+                    }
+                    let res = rs.decode().map_err(codec_err)?;
+                    for &i in &missing {
+                        let rec = res
+                            .restored_original(i)
+                            .ok_or_else(|| EncodingError::Codec(format!("symbol {i} not restored")))?;
+                        for c in 0..b.g {
+                            b.get(rec, c, &mut self.tmp, |range, bytes| out(c0 + c, i, range, bytes));
+                        }
+                    }
+                    c0 += b.g;
                 }
             }
-        }
-        let t = tail.len();
-        if t == 0 {
-            return Ok(());
-        }
-        let h = t / 2;
-        let group = tail_group(t, k);
-        let mut tmp = vec![0u8; t];
-        let mut packed: Vec<u8> = Vec::new();
-        let mut c0 = 0;
-        while c0 < count {
-            let g = group.min(count - c0);
-            let len = (g * h).div_ceil(32) * 64;
-            packed.clear();
-            packed.resize(len * present.len(), 0);
-            for p in 0..present.len() {
-                let shard = &mut packed[p * len..(p + 1) * len];
-                for gc in 0..g {
-                    pack(shard, gc * h, &src(c0 + gc, p)[tail.clone()]);
-                }
-            }
-            let rs = self.rs(len)?;
-            for (p, &idx) in present.iter().enumerate() {
-                let shard = &packed[p * len..(p + 1) * len];
-                if idx < k {
-                    rs.add_original_shard(idx, shard).map_err(codec_err)?;
-                } else {
-                    rs.add_recovery_shard(idx - k, shard).map_err(codec_err)?;
-                }
-            }
-            let res = rs.decode().map_err(codec_err)?;
-            for &i in &missing {
-                let restored = res
-                    .restored_original(i)
-                    .ok_or_else(|| EncodingError::Codec(format!("symbol {i} not restored")))?;
-                for gc in 0..g {
-                    unpack(restored, gc * h, &mut tmp);
-                    out(c0 + gc, i, tail.clone(), &tmp);
-                }
-            }
-            c0 += g;
         }
         Ok(())
     }
@@ -320,7 +371,7 @@ mod tests {
         };
         for &(k, m) in &[(2, 2), (3, 7), (5, 5), (67, 33), (334, 666)] {
             for &s in &[2usize, 4, 6, 30, 62, 64, 66, 126, 128, 190, 604, 4820] {
-                if k * s > 600_000 {
+                if k * s > 2_000_000 {
                     continue;
                 }
                 let count = 5;
