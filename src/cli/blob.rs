@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use crate::encoding::{EncodingConfig, files};
+use crate::client::{Client, ClientConfig, StoreOptions};
+use crate::devnet::NetworkFile;
+use crate::encoding::{BlobId, EncodingConfig, files};
 
 /// Blobs above this size are encoded from the file with bounded memory instead of in memory.
 const IN_MEMORY_LIMIT: u64 = 1 << 30;
@@ -44,6 +46,57 @@ pub enum BlobCommand {
         #[arg(long)]
         streaming: bool,
     },
+    /// Store a file as a blob on the network and wait until it is certified.
+    ///
+    /// Prints the blob ID as the last line. Storing a blob that is already certified for long
+    /// enough uploads nothing.
+    Put {
+        /// The file to store.
+        file: PathBuf,
+        /// Epochs to store the blob for, from the current one.
+        #[arg(long, default_value_t = 1)]
+        epochs: u32,
+        /// Store as permanent: it cannot be deleted before it expires. By default blobs are
+        /// deletable, as in Walrus since v1.33.
+        #[arg(long)]
+        permanent: bool,
+        #[command(flatten)]
+        network: NetworkArg,
+    },
+    /// Read a blob (or a byte range of it) from the network, verified, into a file.
+    Get {
+        /// The blob ID (43 characters of URL-safe base64).
+        blob_id: BlobId,
+        /// Only bytes A to B, both inclusive (as in HTTP ranges).
+        #[arg(long, value_name = "A-B", value_parser = parse_range)]
+        range: Option<(u64, u64)>,
+        /// Where to write the bytes; `-` for standard output.
+        #[arg(long, short)]
+        output: PathBuf,
+        #[command(flatten)]
+        network: NetworkArg,
+    },
+    /// Show whether a blob is certified and until which epoch it is stored.
+    Status {
+        blob_id: BlobId,
+        #[command(flatten)]
+        network: NetworkArg,
+    },
+    /// Delete a deletable blob from the ledger (its storage is released; nodes may drop it).
+    Delete {
+        blob_id: BlobId,
+        #[command(flatten)]
+        network: NetworkArg,
+    },
+    /// Keep a certified blob for more epochs.
+    Extend {
+        blob_id: BlobId,
+        /// Epochs to add to its end epoch.
+        #[arg(long)]
+        epochs: u32,
+        #[command(flatten)]
+        network: NetworkArg,
+    },
     /// Decode a directory written by `blob encode` back into the original file.
     ///
     /// Needs the metadata and any n − 2f valid primary slivers (e.g. 334 of 1000); missing
@@ -55,6 +108,57 @@ pub enum BlobCommand {
         #[arg(long, short)]
         output: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NetworkArg {
+    /// The network to talk to: a network.toml as written by `walrusfs devnet up`
+    /// [default: the default devnet's, $XDG_DATA_HOME/walrusfs/devnet/network.toml].
+    #[arg(long, value_name = "FILE")]
+    network: Option<PathBuf>,
+}
+
+impl NetworkArg {
+    fn client(&self) -> anyhow::Result<Client> {
+        let path = self
+            .network
+            .clone()
+            .unwrap_or_else(|| super::devnet::default_dir().join("network.toml"));
+        if !path.exists() {
+            bail!(
+                "no network file at {}: start a local network with `walrusfs devnet up` or pass --network FILE",
+                path.display()
+            );
+        }
+        let network = NetworkFile::load(&path)?;
+        let ledger = network
+            .ledger_config()
+            .open()
+            .with_context(|| format!("cannot open the ledger named in {}", path.display()))?;
+        Ok(Client::new(ledger, ClientConfig::default())?)
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `A-B`, both inclusive, as in HTTP byte ranges.
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let err =
+        || format!("`{s}` is not a byte range: use A-B with A <= B, both inclusive (e.g. 0-1023)");
+    let (a, b) = s.split_once('-').ok_or_else(err)?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|_| err())?,
+        b.trim().parse().map_err(|_| err())?,
+    );
+    if a > b {
+        return Err(err());
+    }
+    Ok((a, b))
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +247,160 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                 output.display()
             )?;
             writeln!(out, "{}", meta.blob_id)?;
+        }
+        BlobCommand::Put {
+            file,
+            epochs,
+            permanent,
+            network,
+        } => {
+            let client = network.client()?;
+            let data =
+                fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let len = data.len();
+            let rt = runtime()?;
+            let outcome = rt.block_on(async {
+                let max = client.encoding_config().await?.max_blob_size();
+                if len as u64 > max {
+                    bail!(
+                        "{} has {len} bytes but this network's blobs hold at most {max} bytes",
+                        file.display()
+                    );
+                }
+                let mut outcome = client
+                    .store(
+                        data,
+                        StoreOptions {
+                            epochs,
+                            deletable: !permanent,
+                        },
+                    )
+                    .await?;
+                // Give slow nodes a moment to receive their slivers too; they are not needed
+                // for the certificate, but every node should hold its share.
+                let stragglers = std::mem::take(&mut outcome.stragglers);
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    futures::future::join_all(stragglers),
+                )
+                .await;
+                Ok(outcome)
+            })?;
+            if outcome.already_certified {
+                writeln!(
+                    out,
+                    "already certified until the end of epoch {}; nothing uploaded",
+                    outcome.object.end_epoch()
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "stored {len} bytes: certified in epoch {}, stored until the end of epoch {}, {} object {}",
+                    outcome.object.certified_epoch.unwrap_or_default(),
+                    outcome.object.end_epoch(),
+                    if outcome.object.deletable {
+                        "deletable"
+                    } else {
+                        "permanent"
+                    },
+                    outcome.object.object_id
+                )?;
+            }
+            writeln!(out, "{}", outcome.blob_id)?;
+        }
+        BlobCommand::Get {
+            blob_id,
+            range,
+            output,
+            network,
+        } => {
+            let client = network.client()?;
+            let (data, stats) =
+                runtime()?.block_on(client.read(blob_id, range.map(|(a, b)| a..b + 1)))?;
+            if output.as_os_str() == "-" {
+                out.write_all(&data)?;
+            } else {
+                let tmp = output.with_extension("walrusfs-partial");
+                fs::write(&tmp, &data)
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                fs::rename(&tmp, &output)
+                    .with_context(|| format!("cannot write {}", output.display()))?;
+                writeln!(
+                    out,
+                    "read {} bytes of blob {blob_id} into {} ({} slivers verified{})",
+                    data.len(),
+                    output.display(),
+                    stats.slivers_verified,
+                    if stats.decoded {
+                        ", decoded around slow or bad nodes"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+        }
+        BlobCommand::Status { blob_id, network } => {
+            let client = network.client()?;
+            let (status, objects, epoch) = runtime()?.block_on(client.status(blob_id))?;
+            let certified = status.is_certified();
+            let end = objects
+                .iter()
+                .filter(|o| o.is_certified() && !o.is_expired(epoch))
+                .map(|o| o.end_epoch())
+                .max();
+            writeln!(out, "blob {blob_id}")?;
+            writeln!(out, "current epoch: {epoch}")?;
+            match (certified, end) {
+                (true, Some(end)) => {
+                    writeln!(out, "certified: yes, stored until the end of epoch {end}")?
+                }
+                (true, None) => writeln!(out, "certified: yes, but expired")?,
+                (false, _) if objects.is_empty() => {
+                    writeln!(out, "certified: no (not registered)")?
+                }
+                (false, _) => writeln!(out, "certified: no (registered, not certified)")?,
+            }
+            for o in &objects {
+                writeln!(
+                    out,
+                    "  object {}: {}, {}, end epoch {}{}",
+                    o.object_id,
+                    if o.deletable {
+                        "deletable"
+                    } else {
+                        "permanent"
+                    },
+                    match o.certified_epoch {
+                        Some(e) => format!("certified in epoch {e}"),
+                        None => "not certified".into(),
+                    },
+                    o.end_epoch(),
+                    if o.is_expired(epoch) {
+                        " (expired)"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+        }
+        BlobCommand::Delete { blob_id, network } => {
+            let n = runtime()?.block_on(network.client()?.delete(blob_id))?;
+            writeln!(out, "deleted {n} blob object(s) of {blob_id}")?;
+        }
+        BlobCommand::Extend {
+            blob_id,
+            epochs,
+            network,
+        } => {
+            let objects = runtime()?.block_on(network.client()?.extend(blob_id, epochs))?;
+            for o in objects {
+                writeln!(
+                    out,
+                    "extended object {}: stored until the end of epoch {}",
+                    o.object_id,
+                    o.end_epoch()
+                )?;
+            }
         }
         BlobCommand::Decode { dir, output } => {
             if !files::metadata_path(&dir).exists() {

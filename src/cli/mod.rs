@@ -2,6 +2,8 @@
 //! become `anyhow` here and nowhere else.
 
 mod blob;
+mod devnet;
+mod node;
 
 use clap::{Parser, Subcommand};
 
@@ -18,12 +20,19 @@ pub enum Command {
     /// Work with single blobs: compute blob IDs, encode into slivers, decode from slivers.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
+    /// Run a local network (storage nodes and a ledger) on this machine.
+    #[command(subcommand)]
+    Devnet(devnet::DevnetCommand),
+    /// Run a storage node serving the Walrus storage-node REST API.
+    Node(node::NodeArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Blob(cmd) => blob::run(cmd),
+        Command::Devnet(cmd) => devnet::run(cmd),
+        Command::Node(args) => node::run(args),
     }
 }
 

@@ -113,7 +113,13 @@ impl Batch {
     }
 
     /// Hands codeword `c`'s symbol in `shard` to `out` as (range, bytes) pieces.
-    fn get(&self, shard: &[u8], c: usize, tmp: &mut [u8], mut out: impl FnMut(Range<usize>, &[u8])) {
+    fn get(
+        &self,
+        shard: &[u8],
+        c: usize,
+        tmp: &mut [u8],
+        mut out: impl FnMut(Range<usize>, &[u8]),
+    ) {
         let w = self.whole;
         if w > 0 {
             out(0..w, &shard[c * w..(c + 1) * w]);
@@ -333,11 +339,13 @@ impl Decoder {
                     }
                     let res = rs.decode().map_err(codec_err)?;
                     for &i in &missing {
-                        let rec = res
-                            .restored_original(i)
-                            .ok_or_else(|| EncodingError::Codec(format!("symbol {i} not restored")))?;
+                        let rec = res.restored_original(i).ok_or_else(|| {
+                            EncodingError::Codec(format!("symbol {i} not restored"))
+                        })?;
                         for c in 0..b.g {
-                            b.get(rec, c, &mut self.tmp, |range, bytes| out(c0 + c, i, range, bytes));
+                            b.get(rec, c, &mut self.tmp, |range, bytes| {
+                                out(c0 + c, i, range, bytes)
+                            });
                         }
                     }
                     c0 += b.g;

@@ -1,0 +1,210 @@
+//! Typed calls to one storage node's REST API (`walrus-spec/storage_openapi.yaml`).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::NodeError;
+use crate::encoding::{BlobId, BlobMetadataWithId, Sliver, SliverType};
+use crate::protocol::{ApiSuccess, ObjectId, SignedMessage, StorageConfirmation};
+
+/// A storage node's HTTP endpoint.
+#[derive(Clone)]
+pub struct NodeApi {
+    http: reqwest::Client,
+    base: String,
+    /// Time allowed per MiB of body on top of the base timeout, so large slivers do not time
+    /// out on a loaded machine while small requests still fail fast.
+    per_mib: Duration,
+    timeout: Duration,
+}
+
+fn axis(t: SliverType) -> &'static str {
+    match t {
+        SliverType::Primary => "primary",
+        SliverType::Secondary => "secondary",
+    }
+}
+
+impl NodeApi {
+    pub fn new(http: reqwest::Client, network_address: &str, timeout: Duration) -> Self {
+        let base =
+            if network_address.starts_with("http://") || network_address.starts_with("https://") {
+                network_address.trim_end_matches('/').to_string()
+            } else {
+                format!("http://{network_address}")
+            };
+        Self {
+            http,
+            base,
+            per_mib: Duration::from_millis(200),
+            timeout,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn timeout_for(&self, bytes: usize) -> Duration {
+        self.timeout + self.per_mib.mul_f64(bytes as f64 / (1 << 20) as f64)
+    }
+
+    fn err(&self, e: reqwest::Error, timeout: Duration) -> NodeError {
+        if e.is_timeout() {
+            NodeError::Timeout {
+                url: self.base.clone(),
+                secs: timeout.as_secs_f64(),
+            }
+        } else {
+            NodeError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<bytes_body::Body, NodeError> {
+        let resp = req
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.err(e, timeout))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| self.err(e, timeout))?;
+        if !status.is_success() {
+            // The spec's `Status` JSON carries a message; fall back to the raw body.
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(|m| m.as_str())
+                        .map(String::from)
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+            return Err(NodeError::Status {
+                url: self.base.clone(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(bytes_body::Body(body.to_vec()))
+    }
+
+    fn json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, NodeError> {
+        serde_json::from_slice::<ApiSuccess<T>>(body)
+            .map(|s| s.success.data)
+            .map_err(|e| NodeError::Malformed {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Stores metadata: the body is BCS `BlobMetadata` (the blob ID is in the path).
+    pub async fn put_metadata(&self, metadata: &BlobMetadataWithId) -> Result<(), NodeError> {
+        let body = bcs::to_bytes(&metadata.metadata).map_err(|e| NodeError::Malformed {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        let t = self.timeout_for(body.len());
+        let url = format!("{}/v1/blobs/{}/metadata", self.base, metadata.blob_id);
+        self.send(
+            self.http
+                .put(url)
+                .header("content-type", "application/octet-stream")
+                .body(body),
+            t,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Metadata as the node has it (BCS `BlobMetadataWithId`, as walrus-core's nodes answer),
+    /// not yet verified against the blob ID.
+    pub async fn get_metadata(&self, blob_id: &BlobId) -> Result<BlobMetadataWithId, NodeError> {
+        let url = format!("{}/v1/blobs/{blob_id}/metadata", self.base);
+        let t = self.timeout_for(1 << 16);
+        let body = self.send(self.http.get(url), t).await?;
+        BlobMetadataWithId::from_bcs(&body.0).map_err(|source| NodeError::Invalid {
+            url: self.base.clone(),
+            source,
+        })
+    }
+
+    pub async fn put_sliver(
+        &self,
+        blob_id: &BlobId,
+        pair: u16,
+        sliver: &Sliver,
+    ) -> Result<(), NodeError> {
+        let body = sliver.to_bcs();
+        let t = self.timeout_for(body.len());
+        let url = format!(
+            "{}/v1/blobs/{blob_id}/slivers/{pair}/{}",
+            self.base,
+            axis(sliver.sliver_type)
+        );
+        self.send(
+            self.http
+                .put(url)
+                .header("content-type", "application/octet-stream")
+                .body(body),
+            t,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A sliver as the node sends it, parsed but not yet verified against the metadata.
+    pub async fn get_sliver(
+        &self,
+        blob_id: &BlobId,
+        pair: u16,
+        sliver_type: SliverType,
+        expected_len: usize,
+    ) -> Result<Sliver, NodeError> {
+        let url = format!(
+            "{}/v1/blobs/{blob_id}/slivers/{pair}/{}",
+            self.base,
+            axis(sliver_type)
+        );
+        let t = self.timeout_for(expected_len);
+        let body = self.send(self.http.get(url), t).await?;
+        Sliver::from_bcs(&body.0, sliver_type).map_err(|source| NodeError::Invalid {
+            url: self.base.clone(),
+            source,
+        })
+    }
+
+    pub async fn get_confirmation(
+        &self,
+        blob_id: &BlobId,
+        object_id: Option<ObjectId>,
+    ) -> Result<SignedMessage, NodeError> {
+        let url = match object_id {
+            Some(o) => format!(
+                "{}/v1/blobs/{blob_id}/confirmation/deletable/{o}",
+                self.base
+            ),
+            None => format!("{}/v1/blobs/{blob_id}/confirmation/permanent", self.base),
+        };
+        let body = self.send(self.http.get(url), self.timeout).await?;
+        Ok(self.json::<StorageConfirmation>(&body.0)?.into_signed())
+    }
+
+    /// `GET /v1/health`, as raw JSON (only used for liveness and display).
+    pub async fn health(&self) -> Result<serde_json::Value, NodeError> {
+        let url = format!("{}/v1/health", self.base);
+        let body = self.send(self.http.get(url), self.timeout).await?;
+        self.json(&body.0)
+    }
+}
+
+mod bytes_body {
+    /// A response body that was read completely.
+    pub struct Body(pub Vec<u8>);
+}

@@ -1,0 +1,299 @@
+//! The network end to end: real `walrusfs node` processes on loopback, the embedded ledger,
+//! and the client's store and read pipelines, with nodes stopped, killed, lying and stalled.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use walrusfs::client::{Client, ClientConfig, ClientError, StoreOptions};
+use walrusfs::devnet::{Devnet, DevnetParams, NetworkFile};
+use walrusfs::encoding::BlobId;
+
+/// A 7-node devnet over 21 shards (3 per node; f = 6, so 2 nodes may fail and 3 suffice to read).
+struct Net {
+    _tmp: tempfile::TempDir,
+    devnet: Devnet,
+    client: Client,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = self.devnet.down(false);
+    }
+}
+
+async fn devnet(faults: &[(usize, &str)]) -> Net {
+    let tmp = tempfile::tempdir().unwrap();
+    let devnet = Devnet::with_exe(tmp.path().join("net"), env!("CARGO_BIN_EXE_walrusfs"));
+    devnet
+        .create(&DevnetParams {
+            nodes: 7,
+            shards: 21,
+            epoch_duration: Some(Duration::from_secs(3600)),
+            base_port: 0,
+        })
+        .unwrap();
+    for (i, fault) in faults {
+        let node = devnet.node(*i).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(node.config_path())
+            .unwrap();
+        writeln!(f, "\n[faults]\n{fault} = true").unwrap();
+    }
+    for i in 0..7 {
+        devnet.start_node(i).unwrap();
+    }
+    for i in 0..7 {
+        // A stalled node accepts connections and never answers, health checks included.
+        if !faults.iter().any(|(f, what)| *f == i && *what == "stall") {
+            devnet
+                .wait_healthy(i, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+    }
+    let network = NetworkFile::load(&devnet.network_file()).unwrap();
+    let ledger = network.ledger_config().open().unwrap();
+    let client = Client::new(ledger, ClientConfig::default()).unwrap();
+    Net {
+        _tmp: tmp,
+        devnet,
+        client,
+    }
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn put(net: &Net, blob: &[u8]) -> Result<BlobId, ClientError> {
+    let outcome = net
+        .client
+        .store(blob.to_vec(), StoreOptions::default())
+        .await?;
+    Ok(outcome.blob_id)
+}
+
+async fn get(net: &Net, id: BlobId) -> Vec<u8> {
+    net.client.read(id, None).await.unwrap().0
+}
+
+/// Starts node `i` again and waits for it; on failure shows the node's log.
+async fn restart(net: &Net, i: usize) {
+    net.devnet.start_node(i).unwrap();
+    if let Err(e) = net.devnet.wait_healthy(i, Duration::from_secs(30)).await {
+        let log =
+            std::fs::read_to_string(net.devnet.node(i).unwrap().log_path()).unwrap_or_default();
+        panic!("node {i} did not come back: {e}\n{log}");
+    }
+}
+
+fn stop(net: &Net, nodes: &[usize]) {
+    for &i in nodes {
+        net.devnet.stop_node(i, Duration::from_secs(5)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_two_stopped_nodes_and_refuses_with_four() {
+    let net = devnet(&[]).await;
+    let before = data(300_000, 1);
+    let id_before = put(&net, &before).await.unwrap();
+
+    stop(&net, &[1, 5]);
+    let blob = data(250_001, 2);
+    let id = put(&net, &blob).await.unwrap();
+    assert_eq!(get(&net, id).await, blob);
+    assert_eq!(get(&net, id_before).await, before);
+    // A byte range, served from the systematic slivers that are still there or decoded.
+    let (part, _) = net.client.read(id, Some(1000..101_000)).await.unwrap();
+    assert_eq!(part, blob[1000..101_000]);
+
+    stop(&net, &[2, 6]);
+    let refused = data(10_000, 3);
+    let err = put(&net, &refused).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ClientError::NotEnoughConfirmations {
+                weight: 9,
+                needed: 15,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("quorum needs 15"), "{msg}");
+    let refused_id = walrusfs::encoding::EncodingConfig::new(21)
+        .unwrap()
+        .blob_id(&refused)
+        .unwrap();
+    let (status, _, _) = net.client.status(refused_id).await.unwrap();
+    assert!(
+        !status.is_certified(),
+        "nothing may be certified without a quorum"
+    );
+
+    // Three nodes left hold 9 = n − 2f shards: enough to read.
+    assert_eq!(get(&net, id).await, blob);
+    assert_eq!(get(&net, id_before).await, before);
+
+    // Once the nodes are back, storing again reuses the registration and certifies.
+    for i in [1, 2, 5, 6] {
+        restart(&net, i).await;
+    }
+    assert_eq!(put(&net, &refused).await.unwrap(), refused_id);
+    assert_eq!(get(&net, refused_id).await, refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_killed_mid_upload() {
+    let net = Arc::new(devnet(&[]).await);
+    let blob = data(1_500_000, 4);
+    let store = {
+        let net = net.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move { put(&net, &blob).await })
+    };
+    // Kill two nodes while the upload runs (they may or may not have received their share).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    net.devnet.kill_node(0).unwrap();
+    net.devnet.kill_node(4).unwrap();
+    let id = store.await.unwrap().unwrap();
+    assert_eq!(get(&net, id).await, blob);
+    // The killed nodes come back with their data dirs intact and serve what they persisted.
+    for i in [0, 4] {
+        restart(&net, i).await;
+    }
+    assert_eq!(get(&net, id).await, blob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_nodes_cannot_corrupt_or_forge() {
+    let net = devnet(&[
+        (0, "corrupt_slivers"),
+        (3, "corrupt_metadata"),
+        (5, "wrong_signing_key"),
+    ])
+    .await;
+    let blob = data(400_000, 5);
+    let outcome = net
+        .client
+        .store(blob.clone(), StoreOptions::default())
+        .await
+        .unwrap();
+    let id = outcome.blob_id;
+    // The certificate the ledger accepted has no signature of the node with the wrong key.
+    assert!(
+        !outcome.signers.contains(&5),
+        "signers {:?}",
+        outcome.signers
+    );
+    let objects = net.client.status(id).await.unwrap().1;
+    assert!(objects.iter().any(|o| o.is_certified()));
+    for _ in 0..3 {
+        let (read, _) = net.client.read(id, None).await.unwrap();
+        assert_eq!(read, blob);
+    }
+    // The liars really lie: node 3's metadata and node 0's slivers fail verification.
+    let config = walrusfs::encoding::EncodingConfig::new(21).unwrap();
+    let http = reqwest::Client::new();
+    let api = |i: usize| {
+        walrusfs::client::NodeApi::new(
+            http.clone(),
+            &net.devnet.node_address(i).unwrap(),
+            Duration::from_secs(5),
+        )
+    };
+    let bad_meta = api(3).get_metadata(&id).await;
+    assert!(bad_meta.map(|m| m.verify(&config).is_err()).unwrap_or(true));
+    let good_meta = api(1).get_metadata(&id).await.unwrap();
+    good_meta.verify(&config).unwrap();
+    let committee = net.client.ledger().committee().unwrap();
+    let shard = committee.member(0).unwrap().shard_ids[0];
+    let pair = walrusfs::encoding::shard_to_pair(shard, 21, &id);
+    let len = config
+        .sliver_len(walrusfs::encoding::SliverType::Primary, blob.len() as u64)
+        .unwrap();
+    // Unparseable is fine too; parseable must not verify.
+    if let Ok(s) = api(0)
+        .get_sliver(&id, pair, walrusfs::encoding::SliverType::Primary, len)
+        .await
+    {
+        assert!(s.verify(&config, &good_meta.metadata).is_err());
+    }
+    let (part, _) = net.client.read(id, Some(0..5000)).await.unwrap();
+    assert_eq!(part, blob[..5000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_costs_little() {
+    // Baseline on a healthy network.
+    let healthy = devnet(&[]).await;
+    let blob = data(600_000, 6);
+    let t = Instant::now();
+    let id = put(&healthy, &blob).await.unwrap();
+    assert_eq!(get(&healthy, id).await, blob);
+    let healthy_time = t.elapsed();
+    drop(healthy);
+
+    let net = devnet(&[(2, "stall")]).await;
+    let t = Instant::now();
+    let id = put(&net, &blob).await.unwrap();
+    assert_eq!(get(&net, id).await, blob);
+    let stalled_time = t.elapsed();
+    let allowed = Duration::from_secs(5).max(healthy_time * 2);
+    assert!(
+        stalled_time <= healthy_time + allowed,
+        "healthy {healthy_time:?}, with a stalled node {stalled_time:?}"
+    );
+}
+
+#[test]
+fn devnet_cli_up_status_stop_start_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrusfs"))
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = run(&["devnet", "up", "--nodes", "4", "--shards", "13"]);
+    assert!(ok, "{out}");
+    assert!(Path::new(&dir).join("network.toml").exists());
+    let (ok, out) = run(&["devnet", "status"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("healthy").count(), 4, "{out}");
+    let (ok, out) = run(&["devnet", "stop-node", "2"]);
+    assert!(ok, "{out}");
+    let (_, out) = run(&["devnet", "status"]);
+    assert_eq!(out.matches("healthy").count(), 3, "{out}");
+    assert!(out.contains("stopped"), "{out}");
+    let (ok, out) = run(&["devnet", "start-node", "2"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["devnet", "up"]);
+    assert!(!ok && out.contains("already holds a devnet"), "{out}");
+    let (ok, out) = run(&["devnet", "down", "--purge"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("stopped 4 node(s)"), "{out}");
+    assert!(!dir.exists());
+}
