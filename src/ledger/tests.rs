@@ -918,9 +918,9 @@ fn crash_child_writer() {
         ledger
             .certify_blob(blob.object_id, &certificate(&keys, &[0, 1, 2], &msg))
             .unwrap();
-        if i % 3 == 0 && deletable {
+        if i.is_multiple_of(3) && deletable {
             ledger.delete_blob(blob.object_id).unwrap();
-        } else if i % 5 == 0 && !deletable {
+        } else if i.is_multiple_of(5) && !deletable {
             ledger.extend_blob(blob.object_id, 2).unwrap();
         }
         writeln!(stdout, "{PROGRESS} {}", n + 1).unwrap();
@@ -962,11 +962,10 @@ fn survives_sigkill_mid_write() {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix(PROGRESS) {
-                    if tx.send(n.trim().parse::<u64>().unwrap()).is_err() {
+                if let Some(n) = line.strip_prefix(PROGRESS)
+                    && tx.send(n.trim().parse::<u64>().unwrap()).is_err() {
                         break;
                     }
-                }
             }
         });
         let mut reported = 0;
