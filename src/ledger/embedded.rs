@@ -224,11 +224,12 @@ impl EmbeddedLedger {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         if let (Some(initial), Some(balance)) = (initial, balance)
-            && balance.checked_add(spent) != Some(initial) {
-                return Err(bad(format!(
-                    "balance {balance} + spent {spent} != initial balance {initial}"
-                )));
-            }
+            && balance.checked_add(spent) != Some(initial)
+        {
+            return Err(bad(format!(
+                "balance {balance} + spent {spent} != initial balance {initial}"
+            )));
+        }
         if initial.is_some() != balance.is_some() {
             return Err(bad(
                 "balance and initial balance disagree on being limited".into()

@@ -963,9 +963,10 @@ fn survives_sigkill_mid_write() {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(n) = line.strip_prefix(PROGRESS)
-                    && tx.send(n.trim().parse::<u64>().unwrap()).is_err() {
-                        break;
-                    }
+                    && tx.send(n.trim().parse::<u64>().unwrap()).is_err()
+                {
+                    break;
+                }
             }
         });
         let mut reported = 0;

@@ -81,9 +81,10 @@ impl SliverStore {
         // Make the directories' names durable (whether this call or a crashed one made them).
         sync_dir(&root)?;
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty())
-            && let Err(e) = sync_dir(parent) {
-                tracing::warn!(error = %e, "cannot fsync the data directory's parent");
-            }
+            && let Err(e) = sync_dir(parent)
+        {
+            tracing::warn!(error = %e, "cannot fsync the data directory's parent");
+        }
         // Whatever is in tmp/ was never renamed into place, so nothing refers to it.
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let path = entry.map_err(io_err(&tmp))?.path();
