@@ -108,7 +108,13 @@ impl EncodingConfig {
         if !missing.is_empty() {
             // Each source column is one codeword of the primary code; columns decode in
             // parallel groups into per-group buffers that are then placed into the rows.
-            let group = (16 * 1024 / s).clamp(1, 256).min(cols.div_ceil(8)).max(1);
+            // Every decoder call first computes the erasure locator (a fixed ~0.2 ms), so small
+            // blobs decode in as few calls as possible; large ones still split for both cores.
+            let per_col = rows * s;
+            let mut group = ((2 << 20) / per_col).clamp(1, cols);
+            if cols * per_col > 4 << 20 {
+                group = group.min(cols.div_ceil(4));
+            }
             let groups: Vec<(usize, Vec<u8>)> = (0..cols.div_ceil(group))
                 .into_par_iter()
                 .map_init(
