@@ -297,3 +297,121 @@ fn devnet_cli_up_status_stop_start_down() {
     assert!(out.contains("stopped 4 node(s)"), "{out}");
     assert!(!dir.exists());
 }
+
+#[test]
+fn blob_cli_put_get_range_status_extend_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let net = dir.join("network.toml");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrusfs"))
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.stdout,
+        )
+    };
+    let d = dir.to_str().unwrap();
+    let n = net.to_str().unwrap();
+    let (ok, out, err, _) = run(&["devnet", "up", "--dir", d, "--nodes", "4", "--shards", "13"]);
+    assert!(ok, "{out}{err}");
+    let _down = scopeguard(dir.clone());
+
+    let blob = data(123_457, 9);
+    std::fs::write(tmp.path().join("f"), &blob).unwrap();
+    let (ok, out, err, _) = run(&["blob", "put", "f", "--epochs", "2", "--network", n]);
+    assert!(ok, "{out}{err}");
+    let id = out.lines().last().unwrap().to_string();
+    assert!(out.contains("stored until the end of epoch 2"), "{out}");
+    // The same content again: already certified long enough, nothing uploaded.
+    let (ok, out, err, _) = run(&["blob", "put", "f", "--network", n]);
+    assert!(ok && out.contains("nothing uploaded"), "{out}{err}");
+    assert_eq!(out.lines().last().unwrap(), id);
+
+    let (ok, out, err, _) = run(&["blob", "get", &id, "-o", "back", "--network", n]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(std::fs::read(tmp.path().join("back")).unwrap(), blob);
+    let (ok, _, err, raw) = run(&[
+        "blob",
+        "get",
+        &id,
+        "--range",
+        "100-199",
+        "-o",
+        "-",
+        "--network",
+        n,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(raw, &blob[100..200]);
+    let (ok, _, err, _) = run(&[
+        "blob",
+        "get",
+        &id,
+        "--range",
+        "5-2",
+        "-o",
+        "-",
+        "--network",
+        n,
+    ]);
+    assert!(!ok && err.contains("not a byte range"), "{err}");
+    let (ok, _, err, _) = run(&[
+        "blob",
+        "get",
+        &id,
+        "--range",
+        "0-999999",
+        "-o",
+        "-",
+        "--network",
+        n,
+    ]);
+    assert!(!ok && err.contains("outside the blob"), "{err}");
+
+    let (ok, out, err, _) = run(&["blob", "status", &id, "--network", n]);
+    assert!(
+        ok && out.contains("certified: yes, stored until the end of epoch 2"),
+        "{out}{err}"
+    );
+    let (ok, out, err, _) = run(&["blob", "extend", &id, "--epochs", "3", "--network", n]);
+    assert!(ok && out.contains("until the end of epoch 5"), "{out}{err}");
+    let (ok, out, err, _) = run(&["blob", "delete", &id, "--network", n]);
+    assert!(ok && out.contains("deleted 1 blob object"), "{out}{err}");
+    let (ok, _, err, _) = run(&["blob", "get", &id, "-o", "gone", "--network", n]);
+    assert!(!ok && err.contains("not stored on this network"), "{err}");
+    let (ok, _, err, _) = run(&["blob", "delete", &id, "--network", n]);
+    assert!(
+        !ok && err.contains("no live deletable blob object"),
+        "{err}"
+    );
+
+    let (ok, _, err, _) = run(&[
+        "blob",
+        "get",
+        &id,
+        "-o",
+        "x",
+        "--network",
+        "/nonexistent/network.toml",
+    ]);
+    assert!(!ok && err.contains("no network file at"), "{err}");
+    let (ok, _, err, _) = run(&["blob", "get", "not-a-blob-id", "-o", "x", "--network", n]);
+    assert!(!ok && err.contains("is not a blob ID"), "{err}");
+}
+
+/// Stops the devnet in `dir` when dropped, even if the test fails.
+fn scopeguard(dir: std::path::PathBuf) -> impl Drop {
+    struct Down(std::path::PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Devnet::new(&self.0).down(false);
+        }
+    }
+    Down(dir)
+}

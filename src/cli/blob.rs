@@ -267,6 +267,7 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                         file.display()
                     );
                 }
+                let started = std::time::Instant::now();
                 let mut outcome = client
                     .store(
                         data,
@@ -276,14 +277,13 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                         },
                     )
                     .await?;
-                // Give slow nodes a moment to receive their slivers too; they are not needed
-                // for the certificate, but every node should hold its share.
+                // Give slow nodes a moment to receive their slivers too: they are not needed
+                // for the certificate, but every node should hold its share. A stalled node
+                // must not hold the command up for long, so the wait is bounded by what the
+                // store itself took (at least 2 s).
                 let stragglers = std::mem::take(&mut outcome.stragglers);
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    futures::future::join_all(stragglers),
-                )
-                .await;
+                let grace = started.elapsed().max(std::time::Duration::from_secs(2));
+                let _ = tokio::time::timeout(grace, futures::future::join_all(stragglers)).await;
                 Ok(outcome)
             })?;
             if outcome.already_certified {
