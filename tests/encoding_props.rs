@@ -165,7 +165,7 @@ fn assert_decodes(c: &Case, slivers: &[Sliver]) -> Result<(), TestCaseError> {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Every sliver the encoder emits verifies against its own metadata (an independent
     /// recomputation of each Merkle root, without the encoder's zero short-cuts), the metadata
@@ -318,7 +318,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// One flipped bit anywhere in a sliver's data is a hash mismatch.
     #[test]
@@ -448,7 +448,7 @@ fn check_flipped_metadata(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn metadata_bit_flips_never_verify(
@@ -525,7 +525,7 @@ fn check_range(c: &Case, range: Range<u64>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn range_reads_match_the_blob(
@@ -604,7 +604,7 @@ fn check_sliver_bcs(s: &Sliver) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Slivers and metadata of encoded blobs survive BCS; sliver BCS is the bcs crate's.
     #[test]
@@ -673,7 +673,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
     #[test]
     fn hundred_shards(len in blob_len(), shape in shape(), seed: u64, pick: u64) {
