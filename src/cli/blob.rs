@@ -65,7 +65,8 @@ pub enum BlobCommand {
     },
     /// Read a blob (or a byte range of it) from the network, verified, into a file.
     Get {
-        /// The blob ID (43 characters of URL-safe base64).
+        /// The blob ID (43 characters of URL-safe base64; it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         blob_id: BlobId,
         /// Only bytes A to B, both inclusive (as in HTTP ranges).
         #[arg(long, value_name = "A-B", value_parser = parse_range)]
@@ -78,18 +79,24 @@ pub enum BlobCommand {
     },
     /// Show whether a blob is certified and until which epoch it is stored.
     Status {
+        /// The blob ID.
+        #[arg(allow_hyphen_values = true)]
         blob_id: BlobId,
         #[command(flatten)]
         network: NetworkArg,
     },
     /// Delete a deletable blob from the ledger (its storage is released; nodes may drop it).
     Delete {
+        /// The blob ID.
+        #[arg(allow_hyphen_values = true)]
         blob_id: BlobId,
         #[command(flatten)]
         network: NetworkArg,
     },
     /// Keep a certified blob for more epochs.
     Extend {
+        /// The blob ID.
+        #[arg(allow_hyphen_values = true)]
         blob_id: BlobId,
         /// Epochs to add to its end epoch.
         #[arg(long)]

@@ -92,7 +92,8 @@ impl NodeApi {
                 message,
             });
         }
-        Ok(bytes_body::Body(body.to_vec()))
+        // Usually a move, not a copy: the body was collected into one unique buffer.
+        Ok(bytes_body::Body(Vec::from(body)))
     }
 
     fn json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, NodeError> {
