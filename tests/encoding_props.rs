@@ -437,7 +437,10 @@ fn check_flipped_metadata(
     let mut bad = bytes.to_vec();
     bad[bit / 8] ^= 1 << (bit % 8);
     if let Ok(m) = BlobMetadataWithId::from_bcs(&bad) {
-        prop_assert!(m.to_bcs() == bad, "bit {bit}: parsed metadata re-serialises differently");
+        prop_assert!(
+            m.to_bcs() == bad,
+            "bit {bit}: parsed metadata re-serialises differently"
+        );
         prop_assert!(
             m.verify(config).is_err(),
             "bit {bit} of {} flipped, yet the metadata verifies",
@@ -492,7 +495,10 @@ fn metadata_every_bit_flip_fails() {
             check_flipped_metadata(&config, &bytes, bit).unwrap();
         }
         for cut in 0..bytes.len() {
-            assert!(BlobMetadataWithId::from_bcs(&bytes[..cut]).is_err(), "n={n} cut={cut}");
+            assert!(
+                BlobMetadataWithId::from_bcs(&bytes[..cut]).is_err(),
+                "n={n} cut={cut}"
+            );
         }
     }
 }
@@ -509,18 +515,28 @@ fn check_range(c: &Case, range: Range<u64>) -> Result<(), TestCaseError> {
     let mut out = Vec::new();
     let mut at = range.start;
     for p in &parts {
-        prop_assert!(usize::from(p.sliver) < k(&c.config), "{p:?} is not systematic");
+        prop_assert!(
+            usize::from(p.sliver) < k(&c.config),
+            "{p:?} is not systematic"
+        );
         prop_assert_eq!(p.in_blob.start, at);
         prop_assert!(p.in_blob.end > p.in_blob.start, "empty part {:?}", p);
         prop_assert_eq!(p.in_sliver.len() as u64, p.in_blob.end - p.in_blob.start);
         at = p.in_blob.end;
         let sliver = c.enc.primary_sliver(usize::from(p.sliver));
-        prop_assert!(p.in_sliver.end <= sliver.data.len(), "{p:?} overruns the sliver");
+        prop_assert!(
+            p.in_sliver.end <= sliver.data.len(),
+            "{p:?} overruns the sliver"
+        );
         out.extend_from_slice(&sliver.data[p.in_sliver.clone()]);
     }
     prop_assert_eq!(at, range.end);
     let expected = &c.blob[range.start as usize..range.end as usize];
-    prop_assert!(out == expected, "range {range:?} of a {}-byte blob", c.blob.len());
+    prop_assert!(
+        out == expected,
+        "range {range:?} of a {}-byte blob",
+        c.blob.len()
+    );
     Ok(())
 }
 
