@@ -87,7 +87,11 @@ pub fn sliver_bcs(data: &[u8]) {
                 let with_candidate: Vec<Sliver> =
                     std::iter::once(sliver.clone()).chain(genuine).collect();
                 let decoded = f.config.verify_and_decode(meta, with_candidate.clone());
-                assert_eq!(decoded.as_ref(), Ok(&f.blob), "verify_and_decode went wrong");
+                assert_eq!(
+                    decoded.as_ref(),
+                    Ok(&f.blob),
+                    "verify_and_decode went wrong"
+                );
                 // Unverified input to decode_verified may decode to garbage, but must not panic.
                 let _ = f.config.decode_verified(meta, with_candidate);
             }
@@ -121,18 +125,19 @@ pub fn metadata_bcs(data: &[u8]) {
         assert_eq!(parts.last().map_or(0, |p| p.in_blob.end), len);
         for f in fixtures().iter().filter(|f| f.config == config) {
             if m.blob_id == f.encoded.metadata.blob_id {
-                assert_eq!(m, f.encoded.metadata, "different metadata with the fixture's ID");
+                assert_eq!(
+                    m, f.encoded.metadata,
+                    "different metadata with the fixture's ID"
+                );
             }
             for sliver_type in TYPES {
                 for pair in 0..f.n() {
                     let s = f.sliver(sliver_type, pair);
                     if s.verify(&config, &m.metadata).is_ok() {
-                        assert_eq!(m.metadata.hashes()[pair].hash(sliver_type), f
-                            .encoded
-                            .metadata
-                            .metadata
-                            .hashes()[pair]
-                            .hash(sliver_type));
+                        assert_eq!(
+                            m.metadata.hashes()[pair].hash(sliver_type),
+                            f.encoded.metadata.metadata.hashes()[pair].hash(sliver_type)
+                        );
                     }
                 }
             }
@@ -159,6 +164,10 @@ pub fn blob_id_parse(data: &[u8]) {
         let id = BlobId::try_from(bytes).expect("32 bytes");
         let shown = id.to_string();
         assert_eq!(shown.len(), 43);
-        assert_eq!(shown.parse::<BlobId>(), Ok(id), "Display does not parse back");
+        assert_eq!(
+            shown.parse::<BlobId>(),
+            Ok(id),
+            "Display does not parse back"
+        );
     }
 }

@@ -7,8 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use walrusfs::encoding::{BlobId, BlobMetadata};
 use walrusfs::protocol::{
-    ApiSuccess, BlobPersistenceType, ConfirmationMessage, ObjectId, ProtocolKeyPair,
-    SignedMessage, StorageConfirmation, TrailingBytes,
+    ApiSuccess, BlobPersistenceType, ConfirmationMessage, ObjectId, ProtocolKeyPair, SignedMessage,
+    StorageConfirmation, TrailingBytes,
 };
 
 fuzz_target!(|data: &[u8]| {
