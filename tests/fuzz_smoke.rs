@@ -213,7 +213,11 @@ fn blob_id_parse_smoke() {
         let len = rng.random_range(38..=48);
         let s: Vec<u8> = (0..len)
             .map(|_| {
-                let pool = if rng.random_bool(0.95) { 64 } else { ALPHABET.len() };
+                let pool = if rng.random_bool(0.95) {
+                    64
+                } else {
+                    ALPHABET.len()
+                };
                 ALPHABET[rng.random_range(0..pool)]
             })
             .collect();
