@@ -117,6 +117,13 @@ impl EmbeddedLedger {
             path: path.display().to_string(),
             source: Box::new(source),
         };
+        // Opening an existing ledger must not leave an empty database behind when the path is
+        // wrong (SQLite would create the file).
+        if matches!(mode, OpenMode::Open) && !path.exists() {
+            return Err(LedgerError::NotInitialized {
+                path: path.display().to_string(),
+            });
+        }
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // WAL: readers never block the writer and a crash mid-write leaves the main file intact.
