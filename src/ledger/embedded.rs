@@ -264,6 +264,28 @@ impl EmbeddedLedger {
         tx.commit()?;
         Ok(out)
     }
+
+    /// Runs a read-only query. In the common case (no epoch change due) it runs in a deferred
+    /// transaction: a consistent WAL snapshot that takes no write lock, so the many processes
+    /// sharing a devnet ledger do not queue behind each other for reads. When an epoch change
+    /// is due, it runs through [`Self::transact`], which records the change first.
+    fn read<T>(
+        &self,
+        f: impl Fn(&Transaction<'_>, &mut System) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        {
+            let mut conn = self.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let mut system = load_system(&tx)?;
+            if !epoch_change_due(&system, self.clock.now_unix_ms()) {
+                let out = f(&tx, &mut system)?;
+                // Read-only: ending it either way releases the snapshot.
+                tx.commit()?;
+                return Ok(out);
+            }
+        }
+        self.transact(f)
+    }
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -357,6 +379,14 @@ fn load_system(tx: &Transaction<'_>) -> Result<System, LedgerError> {
 }
 
 /// Moves the epoch forward to where the clock says it is, as one jump.
+/// Whether the clock has reached the end of the recorded epoch (so a read must advance it).
+fn epoch_change_due(system: &System, now_ms: u64) -> bool {
+    system
+        .epoch_duration_ms
+        .filter(|&d| d > 0)
+        .is_some_and(|d| now_ms.saturating_sub(system.epoch_start_ms) >= d)
+}
+
 fn sync_epoch(tx: &Transaction<'_>, now_ms: u64) -> Result<System, LedgerError> {
     let mut system = load_system(tx)?;
     let Some(duration) = system.epoch_duration_ms.filter(|&d| d > 0) else {
@@ -663,7 +693,7 @@ fn status_of(rows: &[BlobRow], current_epoch: Epoch) -> BlobStatus {
 
 impl Ledger for EmbeddedLedger {
     fn epoch_info(&self) -> Result<EpochInfo, LedgerError> {
-        self.transact(|_, s| {
+        self.read(|_, s| {
             Ok(EpochInfo {
                 epoch: s.epoch,
                 epoch_start_unix_ms: s.epoch_start_ms,
@@ -674,11 +704,11 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn committee(&self) -> Result<Committee, LedgerError> {
-        self.transact(|tx, s| current_committee(tx, s))
+        self.read(|tx, s| current_committee(tx, s))
     }
 
     fn committee_for_epoch(&self, epoch: Epoch) -> Result<Option<Committee>, LedgerError> {
-        self.transact(|tx, s| {
+        self.read(|tx, s| {
             if epoch < s.genesis_epoch {
                 return Ok(None);
             }
@@ -733,7 +763,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn params(&self) -> Result<LedgerParams, LedgerError> {
-        self.transact(|_, s| {
+        self.read(|_, s| {
             Ok(LedgerParams {
                 epoch_duration: s.epoch_duration_ms.map(Duration::from_millis),
                 max_epochs_ahead: s.max_epochs_ahead,
@@ -744,7 +774,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn account(&self) -> Result<Account, LedgerError> {
-        self.transact(|_, s| {
+        self.read(|_, s| {
             Ok(Account {
                 balance: s.balance,
                 spent: s.spent,
@@ -792,7 +822,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn storage_resource(&self, id: ObjectId) -> Result<Option<StorageResource>, LedgerError> {
-        self.transact(|tx, _| Ok(load_storage(tx, id)?.map(|(s, _)| s)))
+        self.read(|tx, _| Ok(load_storage(tx, id)?.map(|(s, _)| s)))
     }
 
     fn register_blob(
@@ -1079,11 +1109,11 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn blob_by_object_id(&self, object_id: ObjectId) -> Result<Option<BlobObject>, LedgerError> {
-        self.transact(|tx, _| Ok(load_blob(tx, object_id)?.map(|r| r.blob)))
+        self.read(|tx, _| Ok(load_blob(tx, object_id)?.map(|r| r.blob)))
     }
 
     fn blobs_by_blob_id(&self, blob_id: BlobId) -> Result<Vec<BlobObject>, LedgerError> {
-        self.transact(|tx, _| {
+        self.read(|tx, _| {
             Ok(load_blobs_by_blob_id(tx, blob_id)?
                 .into_iter()
                 .map(|r| r.blob)
@@ -1092,7 +1122,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn blob_status(&self, blob_id: BlobId) -> Result<BlobStatus, LedgerError> {
-        self.transact(|tx, s| Ok(status_of(&load_blobs_by_blob_id(tx, blob_id)?, s.epoch)))
+        self.read(|tx, s| Ok(status_of(&load_blobs_by_blob_id(tx, blob_id)?, s.epoch)))
     }
 
     fn events_since(
