@@ -58,7 +58,7 @@ impl std::fmt::Debug for StoreOutcome {
 }
 
 /// Sliver uploads in flight per node.
-const UPLOADS_PER_NODE: usize = 8;
+const UPLOADS_PER_NODE: usize = 32;
 
 /// Uploads the metadata and this node's sliver pairs, then asks for its confirmation.
 async fn upload_to_node(
