@@ -215,40 +215,52 @@ pub(crate) fn expand(
             },
         )?;
 
-    // Merkle roots: primary sliver i covers row i, the secondary sliver of pair p covers
-    // column n − 1 − p; both over all n symbols.
-    let hashes: Vec<SliverPairMetadata> = (0..n)
-        .into_par_iter()
-        .map_init(
-            || (vec![[0u8; DIGEST_LEN]; n], MerkleBuilder::default()),
-            |(leaves, merkle), p| {
-                let primary = if p < rows {
-                    merkle.root(&hashes_a[p * n..(p + 1) * n], Some(zero))
-                } else {
-                    for (j, leaf) in leaves.iter_mut().enumerate() {
-                        *leaf = hashes_b[j * m_col + (p - rows)];
-                    }
-                    merkle.root(leaves, Some(zero))
-                };
-                let c = n - 1 - p;
-                for (r, leaf) in leaves.iter_mut().enumerate().take(rows) {
-                    *leaf = hashes_a[r * n + c];
-                }
-                leaves[rows..].copy_from_slice(&hashes_b[c * m_col..(c + 1) * m_col]);
-                let secondary = merkle.root(leaves, Some(zero));
-                SliverPairMetadata {
-                    primary_hash: primary,
-                    secondary_hash: secondary,
-                }
-            },
-        )
-        .collect();
+    let hashes = pair_hashes(n, rows, &hashes_a, &hashes_b, Some(zero));
 
     Ok(Expansion {
         row_recovery,
         col_recovery,
         hashes,
     })
+}
+
+/// Merkle roots of every sliver pair from the leaf hashes of the expanded matrix: primary
+/// sliver `p` covers row `p`, the secondary sliver of pair `p` column `n − 1 − p`, both over all
+/// `n` symbols. `hashes_a` holds rows `0..rows` row-major (`n` per row), `hashes_b` the rows
+/// `rows..n` column-major (`n − rows` per column).
+pub(crate) fn pair_hashes(
+    n: usize,
+    rows: usize,
+    hashes_a: &[Hash],
+    hashes_b: &[Hash],
+    zero: Option<&ZeroChain>,
+) -> Vec<SliverPairMetadata> {
+    let m_col = n - rows;
+    (0..n)
+        .into_par_iter()
+        .map_init(
+            || (vec![[0u8; DIGEST_LEN]; n], MerkleBuilder::default()),
+            |(leaves, merkle), p| {
+                let primary_hash = if p < rows {
+                    merkle.root(&hashes_a[p * n..(p + 1) * n], zero)
+                } else {
+                    for (j, leaf) in leaves.iter_mut().enumerate() {
+                        *leaf = hashes_b[j * m_col + (p - rows)];
+                    }
+                    merkle.root(leaves, zero)
+                };
+                let c = n - 1 - p;
+                for (r, leaf) in leaves.iter_mut().enumerate().take(rows) {
+                    *leaf = hashes_a[r * n + c];
+                }
+                leaves[rows..].copy_from_slice(&hashes_b[c * m_col..(c + 1) * m_col]);
+                SliverPairMetadata {
+                    primary_hash,
+                    secondary_hash: merkle.root(leaves, zero),
+                }
+            },
+        )
+        .collect()
 }
 
 /// A fully encoded blob: metadata plus every sliver pair, kept compactly and materialised per

@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::codec::Encoder;
-use super::merkle::{DIGEST_LEN, LeafHasher, root_from_leaf_hashes};
-use super::metadata::SliverPairMetadata;
+use super::merkle::{DIGEST_LEN, LeafHasher};
 use super::sliver::write_bcs_header;
 use super::{BlobMetadataWithId, EncodingConfig, EncodingError, Sliver, SliverType};
 
@@ -265,31 +264,7 @@ pub fn encode_file(
         )?;
     drop(spill_dir);
 
-    let hashes: Vec<SliverPairMetadata> = (0..n)
-        .into_par_iter()
-        .map_init(
-            || vec![[0u8; DIGEST_LEN]; n],
-            |leaves, p| {
-                let primary_hash = if p < rows {
-                    root_from_leaf_hashes(&hashes_a[p * n..(p + 1) * n])
-                } else {
-                    for (j, leaf) in leaves.iter_mut().enumerate() {
-                        *leaf = hashes_b[j * m_col + (p - rows)];
-                    }
-                    root_from_leaf_hashes(leaves)
-                };
-                let c = n - 1 - p;
-                for (r, leaf) in leaves.iter_mut().enumerate().take(rows) {
-                    *leaf = hashes_a[r * n + c];
-                }
-                leaves[rows..].copy_from_slice(&hashes_b[c * m_col..(c + 1) * m_col]);
-                SliverPairMetadata {
-                    primary_hash,
-                    secondary_hash: root_from_leaf_hashes(leaves),
-                }
-            },
-        )
-        .collect();
+    let hashes = super::encoder::pair_hashes(n, rows, &hashes_a, &hashes_b, None);
     let metadata = BlobMetadataWithId::from_hashes(len, hashes);
     if let Some(dir) = out_dir {
         let p = metadata_path(dir);
