@@ -6,6 +6,8 @@
 //! shapes matter because the encoder short-cuts all-zero rows and columns. Per-case choices
 //! (which slivers, which bit) are drawn from a second seed. A failing case prints its
 //! `(n, len, shape, seed, pick)` and proptest stores it under `tests/proptest-regressions/`.
+//! The default case counts take a few seconds; `PROPTEST_CASES=3000` runs a deeper pass (about
+//! two minutes on two cores).
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -18,6 +20,19 @@ use walrusfs::encoding::{
     BlobMetadataWithId, EncodedBlob, EncodingConfig, EncodingError, Sliver, SliverDefect,
     SliverType,
 };
+
+/// `default` cases, or `PROPTEST_CASES` (scaled: a tenth of it for the n = 100 test) for a
+/// deeper run, e.g. `PROPTEST_CASES=5000 cargo test --test encoding_props`.
+fn config_with_cases(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .map_or(default, |c| if default < 100 { (c / 10).max(1) } else { c });
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -165,7 +180,7 @@ fn assert_decodes(c: &Case, slivers: &[Sliver]) -> Result<(), TestCaseError> {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(config_with_cases(256))]
 
     /// Every sliver the encoder emits verifies against its own metadata (an independent
     /// recomputation of each Merkle root, without the encoder's zero short-cuts), the metadata
@@ -318,7 +333,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(config_with_cases(256))]
 
     /// One flipped bit anywhere in a sliver's data is a hash mismatch.
     #[test]
@@ -451,7 +466,7 @@ fn check_flipped_metadata(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(config_with_cases(256))]
 
     #[test]
     fn metadata_bit_flips_never_verify(
@@ -541,7 +556,7 @@ fn check_range(c: &Case, range: Range<u64>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(config_with_cases(256))]
 
     #[test]
     fn range_reads_match_the_blob(
@@ -620,7 +635,7 @@ fn check_sliver_bcs(s: &Sliver) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(config_with_cases(256))]
 
     /// Slivers and metadata of encoded blobs survive BCS; sliver BCS is the bcs crate's.
     #[test]
@@ -689,7 +704,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(config_with_cases(12))]
 
     #[test]
     fn hundred_shards(len in blob_len(), shape in shape(), seed: u64, pick: u64) {

@@ -31,10 +31,12 @@ const MAX_SLIVER_BYTES: usize = 4096 * 65_534;
 
 impl Sliver {
     /// The sliver-pair index this sliver belongs to (secondary slivers are paired in reverse).
+    /// The index must be below `n_shards` (check first); an out-of-range secondary index gives
+    /// pair 0 rather than a panic.
     pub fn pair_index(&self, n_shards: u16) -> u16 {
         match self.sliver_type {
             SliverType::Primary => self.index,
-            SliverType::Secondary => n_shards - 1 - self.index,
+            SliverType::Secondary => n_shards.saturating_sub(1).saturating_sub(self.index),
         }
     }
 
@@ -120,6 +122,14 @@ impl Sliver {
             index: self.index,
             reason,
         };
+        // Metadata should have been verified already; a wrong hash count must still be an
+        // error here, never an out-of-bounds index.
+        if metadata.hashes().len() != config.n_shards_usize() {
+            return Err(EncodingError::WrongShardCount {
+                actual: metadata.hashes().len(),
+                expected: config.n_shards_usize(),
+            });
+        }
         if usize::from(self.index) >= metadata.hashes().len() || self.index >= config.n_shards() {
             return Err(defect(SliverDefect::IndexTooLarge));
         }
@@ -202,6 +212,31 @@ mod tests {
         let n = odd.len();
         odd[n - 4] = 3; // symbol size 3 does not divide 200
         assert!(Sliver::from_bcs(&odd, SliverType::Primary).is_err());
+    }
+
+    #[test]
+    fn verify_never_panics_on_unverified_metadata() {
+        let config = EncodingConfig::new(4).unwrap();
+        let h = super::super::SliverPairMetadata {
+            primary_hash: Node::Empty,
+            secondary_hash: Node::Empty,
+        };
+        let short = BlobMetadata::new(0, vec![h; 2]);
+        let s = Sliver {
+            sliver_type: SliverType::Secondary,
+            index: 0,
+            symbol_size: 2,
+            data: vec![0; 4],
+        };
+        assert!(matches!(
+            s.verify(&config, &short),
+            Err(EncodingError::WrongShardCount {
+                actual: 2,
+                expected: 4
+            })
+        ));
+        let far = Sliver { index: 9, ..s };
+        assert_eq!(far.pair_index(4), 0);
     }
 
     #[test]
