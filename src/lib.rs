@@ -1,7 +1,10 @@
+pub mod blobstore;
 pub mod cli;
 pub mod client;
 pub mod devnet;
+pub mod drive;
 pub mod encoding;
+pub mod fuse;
 pub mod ledger;
 pub mod node;
 pub mod protocol;

@@ -3,6 +3,7 @@
 
 mod blob;
 mod devnet;
+mod mount;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Mount the drive: a directory whose files are stored as blobs on Walrus. With no
+    /// --network, a local network runs inside the mount (nothing else to set up).
+    Mount(mount::MountArgs),
+    /// Unmount a drive mounted with `walrusfs mount` (pending uploads resume at the next
+    /// mount).
+    Umount(mount::UmountArgs),
     /// Work with single blobs: compute blob IDs, encode into slivers, decode from slivers.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
@@ -30,6 +37,8 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Mount(args) => mount::run(args),
+        Command::Umount(args) => mount::run_umount(args),
         Command::Blob(cmd) => blob::run(cmd),
         Command::Devnet(cmd) => devnet::run(cmd),
         Command::Node(args) => node::run(args),

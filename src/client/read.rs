@@ -160,6 +160,7 @@ impl Client {
         blob_id: BlobId,
         range: Option<Range<u64>>,
     ) -> Result<(Vec<u8>, ReadStats), ClientError> {
+        let t0 = Instant::now();
         let (status, objects, epoch) = self.status(blob_id).await?;
         match status {
             BlobStatus::Nonexistent => return Err(ClientError::BlobNotFound { blob_id }),
@@ -181,7 +182,9 @@ impl Client {
         }
         let committee = self.committee().await?;
         let config = EncodingConfig::new(committee.n_shards())?;
+        debug!(elapsed = ?t0.elapsed(), "ledger: certified, committee read");
         let metadata = Arc::new(self.fetch_metadata(&committee, &config, blob_id).await?);
+        debug!(elapsed = ?t0.elapsed(), "metadata fetched and verified");
         let len = metadata.metadata.unencoded_length();
         let range = range.unwrap_or(0..len);
         let needed = config.primary_slivers_for_range(len, range.clone())?;
@@ -209,9 +212,11 @@ impl Client {
         loop {
             if wanted.iter().all(|p| got.contains_key(p)) {
                 let mut out = Vec::with_capacity((range.end - range.start) as usize);
+                debug!(elapsed = ?t0.elapsed(), slivers = got.len(), "slivers verified");
                 for r in &needed {
                     out.extend_from_slice(&got[&r.sliver].data[r.in_sliver.clone()]);
                 }
+                debug!(elapsed = ?t0.elapsed(), "range assembled");
                 stats.slivers_verified = got.len();
                 return Ok((out, stats));
             }

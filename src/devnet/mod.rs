@@ -7,6 +7,11 @@
 //!   nodes live on several machines).
 //! - `network.toml`: what clients need (`--network`): the ledger to use.
 //! - `nodes/I/`: `node.toml`, `key` (BLS secret key, mode 0600), `data/`, `node.log`, `pid`.
+//! - `embedded.lock`: locked while the nodes run inside one process ([`EmbeddedNetwork`]).
+
+mod embedded;
+
+pub use embedded::{EmbeddedNetwork, EmbeddedNode, NodeHealth};
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -54,6 +59,41 @@ pub enum DevnetError {
     Protocol(#[from] crate::protocol::ProtocolError),
     #[error("cannot write configuration: {0}")]
     Config(String),
+    #[error(
+        "port {port} of node {index} ({dir}) is in use by another program, so the node cannot start. The port is fixed in this devnet's committee: stop whatever listens on 127.0.0.1:{port} (`ss -ltnp 'sport = :{port}'` names it) and try again, or use a devnet in another directory"
+    )]
+    PortInUse {
+        port: u16,
+        index: usize,
+        dir: String,
+    },
+    #[error(
+        "the storage nodes of the devnet in {dir} run as separate processes (pid {pids}, from `walrusfs devnet up`), so this process will not start them a second time on the same data. Use that network with `--network {dir}/network.toml`, or stop it with `walrusfs devnet down --dir {dir}` and try again"
+    )]
+    RunningAsProcesses { dir: String, pids: String },
+    #[error(
+        "the devnet in {dir} is already running inside another walrusfs process (pid {pid}, e.g. a `walrusfs mount` without --network); stop that process first, or use that network with `--network {dir}/network.toml`"
+    )]
+    InUse { dir: String, pid: String },
+    #[error(
+        "the devnet in {dir} runs inside walrusfs process {pid} (e.g. a `walrusfs mount` without --network); stop that process before starting or removing its nodes"
+    )]
+    EmbeddedElsewhere { dir: String, pid: String },
+    #[error("node {index} ({dir}) cannot run")]
+    Node {
+        index: usize,
+        dir: String,
+        #[source]
+        source: Box<crate::node::NodeError>,
+    },
+    #[error("node {index} started but did not report healthy within {secs} s: {reason}")]
+    EmbeddedNotHealthy {
+        index: usize,
+        secs: u64,
+        reason: String,
+    },
+    #[error("cannot create the network client")]
+    Client(#[source] Box<crate::client::ClientError>),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevnetError + '_ {
@@ -299,6 +339,7 @@ impl Devnet {
     /// Starts node `index` as a background process (its own process group, so it outlives the
     /// command that started it); returns its PID. A running node is left alone.
     pub fn start_node(&self, index: usize) -> Result<i32, DevnetError> {
+        self.refuse_if_embedded()?;
         let node = self.node(index)?;
         if let Some(pid) = node.running_pid() {
             return Ok(pid);
@@ -373,6 +414,7 @@ impl Devnet {
 
     /// Stops every node; with `purge`, deletes the directory too.
     pub fn down(&self, purge: bool) -> Result<usize, DevnetError> {
+        self.refuse_if_embedded()?;
         let mut stopped = 0;
         for n in self.nodes()? {
             if self.stop_node(n.index, Duration::from_secs(5))? {
@@ -383,6 +425,21 @@ impl Devnet {
             fs::remove_dir_all(&self.dir).map_err(io(&self.dir))?;
         }
         Ok(stopped)
+    }
+
+    /// The PID of the process that runs this devnet's nodes in-process, if one does.
+    pub fn embedded_owner(&self) -> Option<String> {
+        embedded::embedded_lock_holder(&self.dir)
+    }
+
+    fn refuse_if_embedded(&self) -> Result<(), DevnetError> {
+        match self.embedded_owner() {
+            Some(pid) => Err(DevnetError::EmbeddedElsewhere {
+                dir: self.dir.display().to_string(),
+                pid,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Waits until node `index` answers `/v1/health`.

@@ -1,8 +1,10 @@
 //! `EmbeddedLedger`: the Walrus system contract's semantics over a local SQLite database.
 //!
 //! Durability: WAL journal, `synchronous=FULL` (a committed change survives power loss), and
-//! every operation — including the epoch catching up with the clock — is one `IMMEDIATE`
-//! transaction, so a crash at any point leaves either all of an operation or none of it.
+//! every change — including the epoch catching up with the clock — is one `IMMEDIATE`
+//! transaction, so a crash at any point leaves either all of an operation or none of it. Reads
+//! run in a `DEFERRED` transaction (one consistent snapshot, no write lock) unless the epoch
+//! must advance first, in which case they run as a change.
 //!
 //! Rules follow the Move code; where it matters, the order of checks does too (the first
 //! failing check decides the error), and each error names the contract's abort code.
@@ -356,29 +358,28 @@ fn write_genesis(conn: &mut Connection, g: &Genesis, now_ms: u64) -> Result<bool
 }
 
 fn load_system(tx: &Transaction<'_>) -> Result<System, LedgerError> {
-    Ok(tx.query_row(
+    // Every call starts with this query: keep it prepared.
+    let mut stmt = tx.prepare_cached(
         "SELECT epoch, epoch_start_ms, genesis_epoch, epoch_duration_ms, n_shards,
                 max_epochs_ahead, storage_price, write_price, balance, spent
          FROM system WHERE id = 1",
-        [],
-        |r| {
-            Ok(System {
-                epoch: r.get(0)?,
-                epoch_start_ms: r.get(1)?,
-                genesis_epoch: r.get(2)?,
-                epoch_duration_ms: r.get(3)?,
-                n_shards: r.get(4)?,
-                max_epochs_ahead: r.get(5)?,
-                storage_price: r.get(6)?,
-                write_price: r.get(7)?,
-                balance: r.get(8)?,
-                spent: r.get(9)?,
-            })
-        },
-    )?)
+    )?;
+    Ok(stmt.query_row([], |r| {
+        Ok(System {
+            epoch: r.get(0)?,
+            epoch_start_ms: r.get(1)?,
+            genesis_epoch: r.get(2)?,
+            epoch_duration_ms: r.get(3)?,
+            n_shards: r.get(4)?,
+            max_epochs_ahead: r.get(5)?,
+            storage_price: r.get(6)?,
+            write_price: r.get(7)?,
+            balance: r.get(8)?,
+            spent: r.get(9)?,
+        })
+    })?)
 }
 
-/// Moves the epoch forward to where the clock says it is, as one jump.
 /// Whether the clock has reached the end of the recorded epoch (so a read must advance it).
 fn epoch_change_due(system: &System, now_ms: u64) -> bool {
     system
@@ -387,6 +388,7 @@ fn epoch_change_due(system: &System, now_ms: u64) -> bool {
         .is_some_and(|d| now_ms.saturating_sub(system.epoch_start_ms) >= d)
 }
 
+/// Moves the epoch forward to where the clock says it is, as one jump.
 fn sync_epoch(tx: &Transaction<'_>, now_ms: u64) -> Result<System, LedgerError> {
     let mut system = load_system(tx)?;
     let Some(duration) = system.epoch_duration_ms.filter(|&d| d > 0) else {
@@ -1118,6 +1120,16 @@ impl Ledger for EmbeddedLedger {
                 .into_iter()
                 .map(|r| r.blob)
                 .collect())
+        })
+    }
+
+    fn blobs_with_epoch(&self, blob_id: BlobId) -> Result<(Vec<BlobObject>, Epoch), LedgerError> {
+        self.read(|tx, s| {
+            let objects = load_blobs_by_blob_id(tx, blob_id)?
+                .into_iter()
+                .map(|r| r.blob)
+                .collect();
+            Ok((objects, s.epoch))
         })
     }
 

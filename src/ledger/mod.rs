@@ -299,6 +299,15 @@ pub trait Ledger: Send + Sync {
     /// All blob objects for a blob ID, expired ones included.
     fn blobs_by_blob_id(&self, blob_id: BlobId) -> Result<Vec<BlobObject>, LedgerError>;
 
+    /// All blob objects for a blob ID (expired ones included) and the current epoch, for
+    /// judging which are live. The epoch is never earlier than the state the objects were read
+    /// from. The embedded ledger reads both in one transaction; this default makes two calls,
+    /// objects first.
+    fn blobs_with_epoch(&self, blob_id: BlobId) -> Result<(Vec<BlobObject>, Epoch), LedgerError> {
+        let objects = self.blobs_by_blob_id(blob_id)?;
+        Ok((objects, self.current_epoch()?))
+    }
+
     /// The status of a blob ID over its live objects.
     fn blob_status(&self, blob_id: BlobId) -> Result<BlobStatus, LedgerError>;
 

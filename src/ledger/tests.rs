@@ -1063,3 +1063,30 @@ fn errors_are_small() {
     assert!(std::mem::size_of::<LedgerError>() <= 72);
     assert!(std::mem::size_of::<ProtocolError>() <= 72);
 }
+
+#[test]
+fn blobs_with_epoch_reads_objects_and_epoch_together() {
+    let f = fixture();
+    let (_, blob_id, _) = test_blob(1);
+    assert_eq!(f.ledger.blobs_with_epoch(blob_id).unwrap(), (Vec::new(), 1));
+    let blob = f.register(1, true, 2);
+    assert_eq!(
+        f.ledger.blobs_with_epoch(blob_id).unwrap(),
+        (vec![blob.clone()], 1)
+    );
+    f.ledger.advance_epoch().unwrap();
+    // The clock reaching the next epoch: the read records the epoch change first.
+    f.clock.advance(Duration::from_millis(HOUR_MS));
+    let (objects, epoch) = f.ledger.blobs_with_epoch(blob_id).unwrap();
+    // Expired objects are still listed; the epoch says they are.
+    assert_eq!((objects, epoch), (vec![blob.clone()], 3));
+    assert!(blob.is_expired(epoch));
+    assert_eq!(
+        f.events().last(),
+        Some(&LedgerEvent::EpochChangeStart { epoch: 3 })
+    );
+    assert_eq!(
+        f.ledger.blobs_with_epoch(blob_id).unwrap(),
+        (f.ledger.blobs_by_blob_id(blob_id).unwrap(), f.epoch())
+    );
+}

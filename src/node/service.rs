@@ -4,11 +4,17 @@
 //! The ledger and the disk are reached through blocking calls, run on tokio's blocking
 //! threads; sliver verification (one Reed–Solomon encoding and `n` hashes per sliver) too,
 //! at most one per core at a time so that uploads cannot starve the rest of the node.
+//!
+//! Every request reads the blob's registrations and the current epoch from the ledger afresh
+//! (one read). What cannot change is kept in memory: the node's shards per epoch (a committee
+//! never changes once its epoch has begun) and the verified metadata of recent blobs (a
+//! metadata file is written once and never changes).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::encoding::merkle::blake2b256;
@@ -32,6 +38,13 @@ use super::store::SliverStore;
 
 /// How often a confirmation request that waits for a registration asks the ledger again.
 const REGISTRATION_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How many blobs' verified metadata the node keeps in memory (at most 256 KiB each, at
+/// 4096 shards): uploads of a blob's slivers and reads of them all need it.
+const METADATA_CACHE_ENTRIES: usize = 32;
+
+/// This node's shards in an epoch (`None`: not in that committee).
+type EpochShards = (Epoch, Option<Arc<[u16]>>);
 
 /// How the node finds itself in a committee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +71,11 @@ pub struct StorageNode {
     faults: Faults,
     started: Instant,
     /// Bounds concurrent sliver verifications to the number of cores.
-    verify_permits: Semaphore,
+    verify_permits: Arc<Semaphore>,
+    /// This node's shards in the most recent epoch seen (`None`: not in that committee).
+    shards: Mutex<Option<EpochShards>>,
+    /// Verified metadata of recently used blobs, least recently used first.
+    metadata_cache: Mutex<VecDeque<Arc<BlobMetadataWithId>>>,
 }
 
 impl std::fmt::Debug for StorageNode {
@@ -78,7 +95,7 @@ impl std::fmt::Debug for StorageNode {
 struct BlobView {
     epoch: Epoch,
     /// This node's shards in `epoch`; `None` if it is not in the committee.
-    shards: Option<Vec<u16>>,
+    shards: Option<Arc<[u16]>>,
     /// Registrations of the blob that have not expired.
     live: Vec<BlobObject>,
     /// The latest end epoch over all registrations (live or not), if there are any.
@@ -159,7 +176,9 @@ impl StorageNode {
             limits: config.limits.effective(&encoding),
             faults: config.faults,
             started: Instant::now(),
-            verify_permits: Semaphore::new(cores),
+            verify_permits: Arc::new(Semaphore::new(cores)),
+            shards: Mutex::new(None),
+            metadata_cache: Mutex::new(VecDeque::with_capacity(METADATA_CACHE_ENTRIES)),
             key,
         };
         match node.ledger.committee() {
@@ -238,13 +257,47 @@ impl StorageNode {
             .map_err(NodeError::Store)
     }
 
-    /// Reads the blob's registrations and then the committee (so that expiry is judged by the
-    /// later, i.e. the more recent, epoch).
+    /// This node's shards in `epoch`, if they are cached.
+    fn cached_shards(&self) -> Option<EpochShards> {
+        self.shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the blob's registrations and the current epoch (one ledger read), and the
+    /// committee only if that epoch's shards are not cached yet. Expiry is judged by the later
+    /// of the two epochs read, i.e. the more recent one.
     async fn blob_view(&self, blob_id: BlobId) -> Result<BlobView, NodeError> {
-        let (objects, committee) = self
-            .on_ledger(move |l| Ok((l.blobs_by_blob_id(blob_id)?, l.committee()?)))
+        let cached = self.cached_shards();
+        let cached_epoch = cached.as_ref().map(|(e, _)| *e);
+        let (objects, epoch, committee) = self
+            .on_ledger(move |l| {
+                let (objects, epoch) = l.blobs_with_epoch(blob_id)?;
+                let committee = if cached_epoch == Some(epoch) {
+                    None
+                } else {
+                    Some(l.committee()?)
+                };
+                Ok((objects, epoch, committee))
+            })
             .await?;
-        let epoch = committee.epoch();
+        let (epoch, shards) = match committee {
+            Some(committee) => {
+                let shards: Option<Arc<[u16]>> = self
+                    .my_member(&committee)
+                    .map(|m| Arc::from(m.shard_ids.as_slice()));
+                let epoch = committee.epoch().max(epoch);
+                // A committee never changes once its epoch has begun.
+                let mut slot = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
+                if slot.as_ref().is_none_or(|(e, _)| *e <= committee.epoch()) {
+                    *slot = Some((committee.epoch(), shards.clone()));
+                }
+                (epoch, shards)
+            }
+            // Only skipped when this epoch's shards are cached.
+            None => (epoch, cached.and_then(|(_, shards)| shards)),
+        };
         let latest_end = objects.iter().map(BlobObject::end_epoch).max();
         let live = objects
             .into_iter()
@@ -252,10 +305,55 @@ impl StorageNode {
             .collect();
         Ok(BlobView {
             epoch,
-            shards: self.my_member(&committee).map(|m| m.shard_ids.clone()),
+            shards,
             live,
             latest_end,
         })
+    }
+
+    /// Verified metadata of `blob_id` from the cache.
+    fn cached_metadata(&self, blob_id: &BlobId) -> Option<Arc<BlobMetadataWithId>> {
+        let mut cache = self
+            .metadata_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let at = cache.iter().position(|m| m.blob_id == *blob_id)?;
+        let entry = cache.remove(at)?;
+        cache.push_back(entry.clone());
+        Some(entry)
+    }
+
+    /// Remembers metadata that is verified and durably stored.
+    fn cache_metadata(&self, metadata: Arc<BlobMetadataWithId>) {
+        let mut cache = self
+            .metadata_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.iter().any(|m| m.blob_id == metadata.blob_id) {
+            return;
+        }
+        if cache.len() >= METADATA_CACHE_ENTRIES {
+            cache.pop_front();
+        }
+        cache.push_back(metadata);
+    }
+
+    /// The stored metadata of `blob_id` (from the cache, else from disk), if any.
+    async fn stored_metadata(
+        &self,
+        blob_id: BlobId,
+    ) -> Result<Option<Arc<BlobMetadataWithId>>, NodeError> {
+        if let Some(m) = self.cached_metadata(&blob_id) {
+            return Ok(Some(m));
+        }
+        let metadata = self
+            .on_store(move |s| s.get_metadata(&blob_id))
+            .await?
+            .map(Arc::new);
+        if let Some(m) = &metadata {
+            self.cache_metadata(m.clone());
+        }
+        Ok(metadata)
     }
 
     fn check_pair_index(&self, pair: u32) -> Result<u16, NodeError> {
@@ -302,10 +400,15 @@ impl StorageNode {
         if self.store.has_metadata(&blob_id) {
             return Ok(false);
         }
-        let stored = self.on_store(move |s| s.put_metadata(&metadata)).await?;
+        let metadata = Arc::new(metadata);
+        let to_store = metadata.clone();
+        let stored = self.on_store(move |s| s.put_metadata(&to_store)).await?;
         if stored {
             info!("metadata stored");
         }
+        // Verified, and durable now (by this call or an earlier one with the same bytes: only
+        // one metadata hashes to a blob ID).
+        self.cache_metadata(metadata);
         Ok(stored)
     }
 
@@ -313,12 +416,14 @@ impl StorageNode {
     pub async fn metadata_bcs(&self, blob_id: BlobId) -> Result<Vec<u8>, NodeError> {
         let view = self.blob_view(blob_id).await?;
         view.require_live_for_read(blob_id)?;
-        let mut metadata = self
-            .on_store(move |s| s.get_metadata(&blob_id))
+        let metadata = self
+            .stored_metadata(blob_id)
             .await?
             .ok_or(NodeError::MetadataNotFound { blob_id })?;
         if self.faults.corrupt_metadata {
+            let mut metadata = (*metadata).clone();
             corrupt_metadata(&mut metadata);
+            return Ok(metadata.to_bcs());
         }
         Ok(metadata.to_bcs())
     }
@@ -347,50 +452,25 @@ impl StorageNode {
         let view = self.blob_view(blob_id).await?;
         view.require_live(blob_id)?;
         self.check_shard(&view, blob_id, pair)?;
-        let sliver_type = sliver.sliver_type;
-        // The stored sliver was verified, and only one sliver matches the metadata's hash, so
-        // a second upload is either the same bytes or invalid: no need to verify it again.
-        if let Some(stored) = self
-            .on_store(move |s| s.get_sliver_bcs(&blob_id, pair, sliver_type))
-            .await?
-        {
-            if stored == sliver.to_bcs() {
-                return Ok(false);
-            }
-            return Err(NodeError::InvalidSliver {
-                blob_id,
-                source: EncodingError::InvalidSliver {
-                    sliver_type,
-                    index: sliver.index,
-                    reason: SliverDefect::HashMismatch,
-                },
-            });
-        }
-        let metadata = self
-            .on_store(move |s| s.get_metadata(&blob_id))
-            .await?
-            .ok_or(NodeError::MetadataRequired { blob_id })?;
-        let sliver = {
-            let _permit = self
-                .verify_permits
-                .acquire()
-                .await
-                .map_err(|e| NodeError::Internal {
-                    reason: format!("verification limiter closed: {e}"),
-                })?;
-            let encoding = self.encoding;
-            tokio::task::spawn_blocking(move || {
-                sliver
-                    .verify(&encoding, &metadata.metadata)
-                    .map(|()| sliver)
-            })
+        let metadata = self.cached_metadata(&blob_id);
+        let permit: OwnedSemaphorePermit = self
+            .verify_permits
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(join_error)?
-            .map_err(|source| NodeError::InvalidSliver { blob_id, source })?
-        };
-        let stored = self
-            .on_store(move |s| s.put_sliver(&blob_id, pair, &sliver))
-            .await?;
+            .map_err(|e| NodeError::Internal {
+                reason: format!("verification limiter closed: {e}"),
+            })?;
+        let (store, encoding) = (self.store.clone(), self.encoding);
+        // One blocking task: look for a stored copy, load the metadata, verify, write.
+        let (stored, loaded) = tokio::task::spawn_blocking(move || {
+            store_verified_sliver(&store, &encoding, blob_id, pair, sliver, metadata, permit)
+        })
+        .await
+        .map_err(join_error)??;
+        if let Some(m) = loaded {
+            self.cache_metadata(m);
+        }
         if stored {
             debug!("sliver stored");
         }
@@ -541,6 +621,59 @@ impl StorageNode {
             latest_checkpoint_sequence_number: None,
         }
     }
+}
+
+/// The blocking part of [`StorageNode::store_sliver`]: returns whether the sliver was newly
+/// stored, and the metadata if it had to be read from disk. `permit` is held while verifying.
+fn store_verified_sliver(
+    store: &SliverStore,
+    encoding: &EncodingConfig,
+    blob_id: BlobId,
+    pair: u16,
+    sliver: Sliver,
+    metadata: Option<Arc<BlobMetadataWithId>>,
+    permit: OwnedSemaphorePermit,
+) -> Result<(bool, Option<Arc<BlobMetadataWithId>>), NodeError> {
+    let sliver_type = sliver.sliver_type;
+    // The stored sliver was verified, and only one sliver matches the metadata's hash, so a
+    // second upload is either the same bytes or invalid: no need to verify it again.
+    if let Some(stored) = store
+        .get_sliver_bcs(&blob_id, pair, sliver_type)
+        .map_err(NodeError::Store)?
+    {
+        drop(permit);
+        if stored == sliver.to_bcs() {
+            return Ok((false, None));
+        }
+        return Err(NodeError::InvalidSliver {
+            blob_id,
+            source: EncodingError::InvalidSliver {
+                sliver_type,
+                index: sliver.index,
+                reason: SliverDefect::HashMismatch,
+            },
+        });
+    }
+    let (metadata, loaded) = match metadata {
+        Some(m) => (m, None),
+        None => {
+            let m = Arc::new(
+                store
+                    .get_metadata(&blob_id)
+                    .map_err(NodeError::Store)?
+                    .ok_or(NodeError::MetadataRequired { blob_id })?,
+            );
+            (m.clone(), Some(m))
+        }
+    };
+    sliver
+        .verify(encoding, &metadata.metadata)
+        .map_err(|source| NodeError::InvalidSliver { blob_id, source })?;
+    drop(permit);
+    let stored = store
+        .put_sliver(&blob_id, pair, &sliver)
+        .map_err(NodeError::Store)?;
+    Ok((stored, loaded))
 }
 
 fn join_error(e: tokio::task::JoinError) -> NodeError {

@@ -1041,3 +1041,51 @@ async fn a_node_outside_the_committee_stores_nothing() {
     outsider.shutdown().await.unwrap();
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_follow_a_committee_change_at_the_epoch_change() {
+    let mut net = Net::start(|_| Faults::default()).await;
+    let encoded = test_blob(2_000, 14);
+    let id = encoded.metadata.blob_id;
+    net.register(&encoded.metadata, false, 5);
+    assert_eq!(net.put_metadata(0, &encoded.metadata).await.0, 201);
+    let mine = (0..N_SHARDS).find(|&p| net.owner(&id, p) == 0).unwrap();
+    let theirs = (0..N_SHARDS).find(|&p| net.owner(&id, p) == 1).unwrap();
+    // Epoch 0: node 0 learns its shards.
+    let (code, body) = net
+        .put_sliver(0, &id, mine, &encoded.primary_sliver(usize::from(mine)))
+        .await;
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let (code, body) = net
+        .put_sliver(0, &id, theirs, &encoded.primary_sliver(usize::from(theirs)))
+        .await;
+    assert_eq!(
+        (code, reason(code, &body).as_str()),
+        (400, "SHARD_NOT_ASSIGNED")
+    );
+
+    // Epoch 1: nodes 0 and 1 swap their shards.
+    let mut members = net.committee.members().to_vec();
+    let (a, b) = (members[0].shard_ids.clone(), members[1].shard_ids.clone());
+    members[0].shard_ids = b;
+    members[1].shard_ids = a;
+    net.ledger
+        .set_next_committee(Committee::new(1, N_SHARDS, members).unwrap())
+        .unwrap();
+    net.ledger.advance_epoch().unwrap();
+    let (code, body) = net
+        .put_sliver(0, &id, mine, &encoded.secondary_sliver(usize::from(mine)))
+        .await;
+    assert_eq!(
+        (code, reason(code, &body).as_str()),
+        (400, "SHARD_NOT_ASSIGNED")
+    );
+    let (code, body) = net
+        .put_sliver(0, &id, theirs, &encoded.primary_sliver(usize::from(theirs)))
+        .await;
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let (_, body) = get(&net.http, &format!("{}/v1/health", net.url(0))).await;
+    let info: ApiSuccess<ServiceHealthInfo> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(info.success.data.epoch, 1);
+    net.shutdown().await;
+}

@@ -1,0 +1,393 @@
+//! `walrusfs mount` and `walrusfs umount`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tracing::{info, warn};
+
+use crate::blobstore::{BlobStore, WalrusStore};
+use crate::client::{Client, ClientConfig};
+use crate::devnet::{DevnetParams, EmbeddedNetwork, NetworkFile};
+use crate::drive::{Drive, DriveConfig};
+use crate::fuse::WalrusFuse;
+
+/// Environment variable through which `--daemon` hands the child the pipe it reports
+/// readiness on.
+const READY_FD_ENV: &str = "WALRUSFS_READY_FD";
+
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Where to mount the drive (an existing, empty directory).
+    pub mountpoint: PathBuf,
+    /// Where the drive keeps its metadata, staged writes, cache and (without --network) its
+    /// embedded network [default: $XDG_DATA_HOME/walrusfs, or ~/.local/share/walrusfs].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store blobs on the network described by this file (a network.toml as written by
+    /// `walrusfs devnet up`) instead of the embedded network run inside the mount.
+    #[arg(long, value_name = "FILE")]
+    pub network: Option<PathBuf>,
+    /// Return once the drive is mounted and keep serving it in the background (logs go to
+    /// DATA_DIR/mount.log).
+    #[arg(long)]
+    pub daemon: bool,
+    /// Mount read-only: nothing is written, nothing uploaded.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Make close(2) wait until the file's content is certified on the network, as fsync
+    /// does (slower; for tools that never fsync).
+    #[arg(long)]
+    pub sync_on_close: bool,
+    /// Epochs each blob is stored for.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub epochs: u32,
+    /// Let other users access the drive (root mounts always allow it, with the kernel
+    /// checking permissions).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// On unmount, wait up to this many seconds for pending uploads before stopping (what
+    /// is left stays queued and resumes at the next mount).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub upload_grace: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UmountArgs {
+    /// The mount point to unmount.
+    pub mountpoint: PathBuf,
+    /// Detach now even if files are open (lazy unmount).
+    #[arg(long)]
+    pub lazy: bool,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("walrusfs")
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    if args.daemon {
+        return daemonize(&args);
+    }
+    let ready = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+        // SAFETY: the parent created this descriptor for us and nobody else owns it.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: removing our own environment variable before any thread reads it.
+    unsafe { std::env::remove_var(READY_FD_ENV) };
+    serve(&args, ready)
+}
+
+/// Starts this program again without `--daemon`, detached, and waits for it to report that
+/// the mount is ready (or why it is not).
+fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let log_path = data_dir.join("mount.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create a pipe");
+    }
+    // SAFETY: both were just created by pipe2.
+    let (read_end, write_end) =
+        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let exe = std::env::current_exe().context("cannot find the walrusfs executable")?;
+    let argv: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let child_fd = write_end.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.args(&argv)
+        .env(READY_FD_ENV, child_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // The pipe's write end must survive exec in the child.
+            let flags = libc::fcntl(child_fd, libc::F_GETFD);
+            libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("cannot start the mount process")?;
+    drop(write_end);
+    let mut answer = String::new();
+    let _ = (&read_end).read_to_string(&mut answer);
+    if answer.starts_with("ready") {
+        println!(
+            "walrusfs: {} mounted (pid {}; logs in {})",
+            args.mountpoint.display(),
+            child.id(),
+            log_path.display()
+        );
+        return Ok(());
+    }
+    let reason = answer.trim();
+    if reason.is_empty() {
+        bail!(
+            "the mount process exited before the drive was ready; see {}",
+            log_path.display()
+        );
+    }
+    bail!("{reason}");
+}
+
+/// Mounts, serves until unmounted, then stops cleanly.
+fn serve(args: &MountArgs, ready: Option<OwnedFd>) -> anyhow::Result<()> {
+    let mut ready = ready.map(File::from);
+    let result = serve_inner(args, &mut ready);
+    if let (Err(e), Some(f)) = (&result, ready.as_mut()) {
+        let _ = writeln!(f, "{e:#}");
+    }
+    result
+}
+
+fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()> {
+    let mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let drive_dir = data_dir.join("drive");
+    fs::create_dir_all(&drive_dir)
+        .with_context(|| format!("cannot create {}", drive_dir.display()))?;
+    let _lock = lock_data_dir(&drive_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("walrusfs")
+        .build()
+        .context("cannot start the async runtime")?;
+
+    let (store, network) = rt.block_on(async {
+        match &args.network {
+            Some(path) => {
+                let network = NetworkFile::load(path)?;
+                let ledger = network.ledger_config().open().with_context(|| {
+                    format!("cannot open the ledger named in {}", path.display())
+                })?;
+                let client = Client::new(ledger, ClientConfig::default())?;
+                anyhow::Ok((Arc::new(WalrusStore::new(client)), None))
+            }
+            None => {
+                let dir = data_dir.join("devnet");
+                let network =
+                    EmbeddedNetwork::open_or_create(&dir, &DevnetParams::embedded_default())
+                        .await
+                        .with_context(|| {
+                            format!("cannot start the embedded network in {}", dir.display())
+                        })?;
+                let store = Arc::new(WalrusStore::new(network.client().clone()));
+                Ok((store, Some(network)))
+            }
+        }
+    })?;
+    let mut config = DriveConfig::new(&drive_dir);
+    config.read_only = args.read_only;
+    config.sync_on_close = args.sync_on_close;
+    config.epochs = args.epochs;
+    let drive = rt
+        .block_on(Drive::start(config, store.clone() as Arc<dyn BlobStore>))
+        .with_context(|| format!("cannot open the drive in {}", drive_dir.display()))?;
+
+    let mut options = vec![
+        fuser::MountOption::FSName("walrusfs".into()),
+        fuser::MountOption::Subtype("walrusfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        if args.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
+    ];
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        options.push(fuser::MountOption::Suid);
+    }
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if root || args.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(4);
+    fuse_config.clone_fd = true;
+    let fs = WalrusFuse::new(drive.clone(), rt.handle().clone());
+    let mut session = fuser::Session::new(fs, &mountpoint, &fuse_config).with_context(|| {
+        format!(
+            "cannot mount on {} (is /dev/fuse available and fuse3 installed? for --allow-other, \
+             /etc/fuse.conf needs user_allow_other)",
+            mountpoint.display()
+        )
+    })?;
+    info!(mountpoint = %mountpoint.display(), "mounted");
+    if let Some(mut f) = ready.take() {
+        let _ = writeln!(f, "ready");
+    }
+    notify_systemd("READY=1");
+    eprintln!(
+        "walrusfs: {} mounted; stop with Ctrl-C or `walrusfs umount {}`",
+        mountpoint.display(),
+        mountpoint.display()
+    );
+
+    let mut unmounter = session.unmount_callable();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        info!("signal received; unmounting");
+        if let Err(e) = unmounter.unmount() {
+            warn!(error = %e, "unmount failed; is a program still using the drive?");
+        }
+    });
+    let served = session.run();
+    notify_systemd("STOPPING=1");
+    let (files, bytes, _) = drive.pending().unwrap_or((0, 0, None));
+    if files > 0 {
+        eprintln!(
+            "walrusfs: unmounted; waiting up to {} s for {files} pending upload(s) ({bytes} bytes)",
+            args.upload_grace
+        );
+    }
+    rt.block_on(async {
+        drive.shutdown(Duration::from_secs(args.upload_grace)).await;
+        store
+            .finish_background_uploads(Duration::from_secs(5))
+            .await;
+        if let Some(n) = network {
+            let _ = n.shutdown().await;
+        }
+    });
+    let (files, _, _) = drive.pending().unwrap_or((0, 0, None));
+    if files > 0 {
+        eprintln!("walrusfs: {files} upload(s) still pending; they resume at the next mount");
+    }
+    served.with_context(|| format!("serving {} failed", mountpoint.display()))
+}
+
+/// Checks the mount point, clearing a stale mount left by a killed walrusfs.
+fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("{} is not a directory", path.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(path = %path.display(), "clearing a stale mount left by an earlier walrusfs");
+            unmount(path, true)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "mount point {} does not exist; create it with `mkdir -p {}`",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot use {}", path.display())),
+    }
+    fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// Holds an exclusive lock on the drive directory for the life of the mount: two mounts of
+/// one drive would corrupt each other's view.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "the drive in {} is already mounted by another walrusfs process; unmount it first \
+             (`walrusfs umount MOUNTPOINT`) or use another --data-dir",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Sends a state line to systemd when run as a `Type=notify` service.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = result {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+fn unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    match cmd.arg(path).status() {
+        Ok(s) if s.success() => return Ok(()),
+        Ok(_) | Err(_) => {}
+    }
+    // Without fusermount3 (or as root), unmount directly.
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .context("mount point contains a NUL byte")?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            bail!(
+                "{} is busy: a program still has files open there (see `fuser -vm {}`); \
+                 close them, or use --lazy",
+                path.display(),
+                path.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot unmount {}", path.display()));
+    }
+    Ok(())
+}
+
+pub fn run_umount(args: UmountArgs) -> anyhow::Result<()> {
+    unmount(&args.mountpoint, args.lazy)
+}

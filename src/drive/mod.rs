@@ -1,0 +1,1541 @@
+//! The filesystem core: POSIX semantics over SQLite metadata, local staging and a blob store.
+//!
+//! [`Drive`] is async and knows nothing of FUSE; `crate::fuse` adapts it to the kernel and
+//! the tests drive it directly. Layout of a drive's data directory:
+//! - `meta.db`: inodes, directory entries, xattrs, extents, blobs, the upload queue (`meta`);
+//! - `staging/INO`: the whole current content of a file being written or not yet uploaded
+//!   (sparse: holes stay holes);
+//! - `cache/files/INO.GEN`: a file's uploaded content kept after upload (generation `GEN`);
+//! - `cache/extents/HASH`: extents fetched from the network, named by their BLAKE3 hash.
+//!
+//! Data states of a regular file (`inodes.staged`):
+//! - clean: the extents are the content; reads go to the file cache, the extent cache or the
+//!   network;
+//! - staged: the staging file is the content. Writes make a file staged (fetching its content
+//!   first if it had any). Close and fsync bump `data_gen` and queue the file; the uploader
+//!   stores it and records extents for that generation (`uploaded_gen`); once the last handle
+//!   is closed and nothing newer is pending, the staging file becomes the file cache and the
+//!   file is clean again.
+//!
+//! Locking: the database connection's mutex is taken before the live-inode map's, never the
+//! other way round; per-inode data locks (`Live::data`) are taken before either.
+
+mod acl;
+mod error;
+pub mod meta;
+mod upload;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use tokio::sync::{Notify, RwLock, watch};
+use tracing::{debug, info, warn};
+
+pub use error::{FsError, FsResult};
+pub use meta::{Ino, Inode, Kind, ROOT, Time, Totals};
+
+use crate::blobstore::BlobStore;
+use error::io_err;
+use meta::Extent;
+
+/// The longest name a directory entry may have (as on ext4).
+pub const NAME_MAX: usize = 255;
+/// The longest symlink target.
+pub const PATH_MAX: usize = 4095;
+/// The most links to one inode (as on ext4).
+pub const LINK_MAX: u32 = 65_000;
+/// The largest xattr value (as on ext4 with large xattrs, and the VFS limit).
+pub const XATTR_SIZE_MAX: usize = 65_536;
+
+/// How a drive behaves.
+#[derive(Debug, Clone)]
+pub struct DriveConfig {
+    /// Holds `meta.db`, `staging/` and `cache/`.
+    pub data_dir: PathBuf,
+    pub read_only: bool,
+    /// Epochs each blob is stored for.
+    pub epochs: u32,
+    /// Close waits until the file's content is certified, as fsync does.
+    pub sync_on_close: bool,
+    /// Largest blob the drive makes (the backend's maximum applies too).
+    pub max_pack: u64,
+    /// Largest extent: the unit of hashing, caching and network reads.
+    pub extent_size: u64,
+    /// How long the uploader waits after the first queued file for more to share its blob.
+    pub pack_linger: Duration,
+    /// Owner of the root directory of a new drive.
+    pub root_owner: (u32, u32),
+}
+
+impl DriveConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            read_only: false,
+            epochs: 5,
+            sync_on_close: false,
+            max_pack: 64 << 20,
+            extent_size: 4 << 20,
+            pack_linger: Duration::from_millis(100),
+            // SAFETY: getuid/getgid cannot fail.
+            root_owner: unsafe { (libc::getuid(), libc::getgid()) },
+        }
+    }
+}
+
+/// Who asks (from the FUSE request header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+}
+
+/// Attribute changes of `setattr`; `None` leaves a field alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Time>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSet {
+    Now,
+    At(Time),
+}
+
+/// How `rename` treats an existing target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RenameMode {
+    #[default]
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+/// `setxattr` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XattrMode {
+    #[default]
+    Any,
+    Create,
+    Replace,
+}
+
+/// A directory entry for readdir: `offset` is what the next readdir call passes back.
+#[derive(Debug, Clone)]
+pub struct ReadDirEntry {
+    pub ino: Ino,
+    pub offset: u64,
+    pub kind: Kind,
+    pub name: Vec<u8>,
+}
+
+/// Filesystem-wide figures for statfs and status.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub totals: Totals,
+}
+
+struct Handle {
+    ino: Ino,
+    write: bool,
+}
+
+/// Data state of an inode that is open or being uploaded.
+#[derive(Default)]
+struct LiveData {
+    /// The staging file, once opened.
+    file: Option<Arc<File>>,
+    /// Written since `data_gen` was last bumped.
+    dirty: bool,
+    /// Bumped on every change of content, so the uploader can tell whether what it read is
+    /// still what the file holds.
+    wgen: u64,
+}
+
+struct Live {
+    data: RwLock<LiveData>,
+}
+
+#[derive(Default)]
+struct LiveEntry {
+    pins: usize,
+    opens: usize,
+    writers: usize,
+    live: Option<Arc<Live>>,
+}
+
+struct Inner {
+    config: DriveConfig,
+    db: Mutex<Connection>,
+    store: Arc<dyn BlobStore>,
+    staging_dir: PathBuf,
+    files_cache: PathBuf,
+    extents_cache: PathBuf,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    live: Mutex<HashMap<Ino, LiveEntry>>,
+    /// Files whose fsync waits: the uploader takes them even while open for writing.
+    urgent: Mutex<HashSet<Ino>>,
+    upload_wake: Notify,
+    /// Bumped after every upload commit or failure, so waiters re-check.
+    progress: watch::Sender<u64>,
+    /// Last upload failure per inode (generation, message), reported to fsync.
+    failures: Mutex<HashMap<Ino, (u64, String)>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The filesystem core. Cheap to clone; all clones are one drive.
+#[derive(Clone)]
+pub struct Drive {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn check_name(name: &OsStr) -> FsResult<&[u8]> {
+    let b = name.as_bytes();
+    if b.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(b)
+}
+
+impl Drive {
+    /// Opens (or creates) the drive in `config.data_dir` over `store`, and starts its uploader
+    /// on the current tokio runtime. Uploads left pending by an earlier mount resume.
+    pub async fn start(config: DriveConfig, store: Arc<dyn BlobStore>) -> FsResult<Drive> {
+        let dir = config.data_dir.clone();
+        let staging_dir = dir.join("staging");
+        let files_cache = dir.join("cache").join("files");
+        let extents_cache = dir.join("cache").join("extents");
+        for d in [&dir, &staging_dir, &files_cache, &extents_cache] {
+            fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
+        }
+        let conn = meta::open(&dir.join("meta.db"), config.root_owner)?;
+        let (progress, _) = watch::channel(0);
+        let (shutdown, _) = watch::channel(false);
+        let drive = Drive {
+            inner: Arc::new(Inner {
+                config,
+                db: Mutex::new(conn),
+                store,
+                staging_dir,
+                files_cache,
+                extents_cache,
+                handles: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                live: Mutex::new(HashMap::new()),
+                urgent: Mutex::new(HashSet::new()),
+                upload_wake: Notify::new(),
+                progress,
+                failures: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        };
+        drive.recover()?;
+        if !drive.inner.config.read_only {
+            let d = drive.clone();
+            tokio::spawn(async move { d.upload_loop().await });
+        }
+        Ok(drive)
+    }
+
+    /// Clean-up after an earlier mount stopped, however it stopped: inodes unlinked while open
+    /// are deleted, half-made staging files removed, and staged files whose last writes were
+    /// never closed are queued (their staging file holds whatever reached it).
+    fn recover(&self) -> FsResult<()> {
+        if let Ok(entries) = fs::read_dir(&self.inner.staging_dir) {
+            for e in entries.flatten() {
+                if e.file_name().as_bytes().ends_with(b".tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        if self.inner.config.read_only {
+            return Ok(());
+        }
+        let mut db = lock(&self.inner.db);
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for ino in meta::orphans(&tx)? {
+            meta::delete_inode(&tx, ino)?;
+            self.remove_local_files(ino);
+        }
+        let queued: HashSet<Ino> = meta::queued_uploads(&tx)?.iter().map(|q| q.ino).collect();
+        let staged: Vec<Inode> = {
+            let mut stmt = tx.prepare("SELECT ino FROM inodes WHERE staged = 1")?;
+            let inos: Vec<Ino> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            inos.into_iter()
+                .map(|i| meta::inode(&tx, i))
+                .collect::<FsResult<_>>()?
+        };
+        let mut requeued = 0;
+        for mut i in staged {
+            if !queued.contains(&i.ino) {
+                i.data_gen += 1;
+                meta::put_inode(&tx, &i)?;
+                meta::queue_upload(&tx, i.ino, i.data_gen, i.size)?;
+                requeued += 1;
+            }
+        }
+        tx.commit()?;
+        if requeued > 0 {
+            info!(
+                files = requeued,
+                "staged files found after a stop; queued for upload"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &DriveConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.store
+    }
+
+    fn staging_path(&self, ino: Ino) -> PathBuf {
+        self.inner.staging_dir.join(ino.to_string())
+    }
+
+    fn file_cache_path(&self, ino: Ino, gen_: u64) -> PathBuf {
+        self.inner.files_cache.join(format!("{ino}.{gen_}"))
+    }
+
+    fn extent_cache_path(&self, hash: &[u8; 32]) -> PathBuf {
+        self.inner
+            .extents_cache
+            .join(blake3::Hash::from_bytes(*hash).to_hex().as_str())
+    }
+
+    fn remove_local_files(&self, ino: Ino) {
+        let _ = fs::remove_file(self.staging_path(ino));
+        let prefix = format!("{ino}.");
+        if let Ok(entries) = fs::read_dir(&self.inner.files_cache) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.inner.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction.
+    fn txn<T>(&self, f: impl FnOnce(&Transaction<'_>) -> FsResult<T>) -> FsResult<T> {
+        let mut db = lock(&self.inner.db);
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read_db<T>(&self, f: impl FnOnce(&Connection) -> FsResult<T>) -> FsResult<T> {
+        let db = lock(&self.inner.db);
+        f(&db)
+    }
+
+    // ---- live inodes -------------------------------------------------------------------
+
+    /// Pins `ino`'s live state (creating it), so its data lock outlives this call.
+    fn pin(&self, ino: Ino) -> Arc<Live> {
+        let mut map = lock(&self.inner.live);
+        let e = map.entry(ino).or_default();
+        e.pins += 1;
+        e.live
+            .get_or_insert_with(|| {
+                Arc::new(Live {
+                    data: RwLock::new(LiveData::default()),
+                })
+            })
+            .clone()
+    }
+
+    fn unpin(&self, ino: Ino) {
+        let mut map = lock(&self.inner.live);
+        if let Some(e) = map.get_mut(&ino) {
+            e.pins = e.pins.saturating_sub(1);
+            if e.pins == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    fn open_count(&self, ino: Ino) -> (usize, usize) {
+        lock(&self.inner.live)
+            .get(&ino)
+            .map_or((0, 0), |e| (e.opens, e.writers))
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<(Ino, bool)> {
+        lock(&self.inner.handles)
+            .get(&fh)
+            .map(|h| (h.ino, h.write))
+            .ok_or(FsError::BadHandle)
+    }
+
+    // ---- attributes and names ----------------------------------------------------------
+
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Inode> {
+        self.read_db(|c| meta::inode(c, ino))
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Inode> {
+        let name = name.as_bytes();
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        self.read_db(|c| {
+            let p = meta::inode(c, parent)?;
+            if p.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let ino = match name {
+                b"." => parent,
+                b".." => p.parent.unwrap_or(ROOT),
+                _ => meta::lookup(c, parent, name)?.ok_or(FsError::NotFound)?,
+            };
+            meta::inode(c, ino)
+        })
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        self.read_db(|c| meta::symlink_target(c, ino))
+    }
+
+    /// Creates an inode of `kind` named `name` in `parent`. `perm` holds the requested
+    /// permission bits; `umask` applies unless the directory has a default ACL.
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        kind: Kind,
+        perm: u32,
+        umask: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> FsResult<Inode> {
+        self.writable()?;
+        let name = check_name(name)?;
+        self.txn(|tx| {
+            let mut p = meta::inode(tx, parent)?;
+            if p.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if p.nlink == 0 {
+                return Err(FsError::NotFound);
+            }
+            if meta::lookup(tx, parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let mut perm = perm & 0o7777;
+            let mut access_acl = None;
+            let mut default_acl = None;
+            let inherited = if kind == Kind::Symlink {
+                None
+            } else {
+                meta::get_xattr(tx, parent, acl::DEFAULT)?
+                    .and_then(|d| acl::inherit(&d, perm, kind == Kind::Dir))
+            };
+            match inherited {
+                Some(i) => {
+                    perm = i.perm;
+                    access_acl = i.access;
+                    default_acl = i.default;
+                }
+                None => perm &= !umask,
+            }
+            // As the kernel's inode_init_owner: a set-group-ID directory passes on its group
+            // (and, to directories, the bit itself).
+            let mut gid = caller.gid;
+            if p.perm & libc::S_ISGID != 0 {
+                gid = p.gid;
+                if kind == Kind::Dir {
+                    perm |= libc::S_ISGID;
+                }
+            } else if kind == Kind::Dir {
+                perm &= !libc::S_ISGID;
+            }
+            if kind != Kind::Dir
+                && perm & libc::S_ISGID != 0
+                && gid != caller.gid
+                && caller.uid != 0
+            {
+                perm &= !libc::S_ISGID;
+            }
+            let now = Time::now();
+            let new = Inode {
+                ino: 0,
+                kind,
+                perm,
+                uid: caller.uid,
+                gid,
+                nlink: if kind == Kind::Dir { 2 } else { 1 },
+                size: target.map_or(0, |t| t.len() as u64),
+                rdev,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                parent: (kind == Kind::Dir).then_some(parent),
+                staged: false,
+                data_gen: 0,
+                uploaded_gen: 0,
+            };
+            let new = meta::insert_inode(tx, &new, target)?;
+            meta::add_dentry(tx, parent, name, new.ino)?;
+            if let Some(a) = access_acl {
+                meta::set_xattr(tx, new.ino, acl::ACCESS, &a)?;
+            }
+            if let Some(d) = default_acl {
+                meta::set_xattr(tx, new.ino, acl::DEFAULT, &d)?;
+            }
+            if kind == Kind::Dir {
+                p.nlink += 1;
+            }
+            p.mtime = now;
+            p.ctime = now;
+            meta::put_inode(tx, &p)?;
+            Ok(new)
+        })
+    }
+
+    pub async fn mknod(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> FsResult<Inode> {
+        let kind = Kind::from_mode(mode).ok_or(FsError::Invalid("unknown file type"))?;
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return Err(FsError::Invalid(
+                "mknod cannot make directories or symlinks",
+            ));
+        }
+        self.make(caller, parent, name, kind, mode, umask, rdev, None)
+    }
+
+    pub async fn mkdir(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Inode> {
+        self.make(caller, parent, name, Kind::Dir, mode, umask, 0, None)
+    }
+
+    pub async fn symlink(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        target: &Path,
+    ) -> FsResult<Inode> {
+        let t = target.as_os_str().as_bytes();
+        if t.len() > PATH_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if t.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        self.make(caller, parent, name, Kind::Symlink, 0o777, 0, 0, Some(t))
+    }
+
+    /// Creates a regular file and opens it.
+    pub async fn create(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(Inode, u64)> {
+        let inode = self.make(caller, parent, name, Kind::File, mode, umask, 0, None)?;
+        let fh = self.open_handle(inode.ino, flags);
+        Ok((inode, fh))
+    }
+
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> FsResult<Inode> {
+        self.writable()?;
+        let name = check_name(new_name)?;
+        self.txn(|tx| {
+            let mut i = meta::inode(tx, ino)?;
+            if i.kind == Kind::Dir {
+                return Err(FsError::NotPermitted);
+            }
+            if i.nlink == 0 {
+                return Err(FsError::NotFound);
+            }
+            if i.nlink >= LINK_MAX {
+                return Err(FsError::TooManyLinks);
+            }
+            let mut p = meta::inode(tx, new_parent)?;
+            if p.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if meta::lookup(tx, new_parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            meta::add_dentry(tx, new_parent, name, ino)?;
+            let now = Time::now();
+            i.nlink += 1;
+            i.ctime = now;
+            meta::put_inode(tx, &i)?;
+            p.mtime = now;
+            p.ctime = now;
+            meta::put_inode(tx, &p)?;
+            Ok(i)
+        })
+    }
+
+    /// Drops one link of `i` (already unlinked from its directory); deletes it when no link
+    /// and no open handle is left. Runs inside the caller's transaction.
+    fn drop_link(&self, tx: &Transaction<'_>, i: &mut Inode, now: Time) -> FsResult<bool> {
+        i.nlink = if i.kind == Kind::Dir {
+            0
+        } else {
+            i.nlink.saturating_sub(1)
+        };
+        i.ctime = now;
+        if i.nlink == 0 && self.open_count(i.ino).0 == 0 {
+            meta::delete_inode(tx, i.ino)?;
+            return Ok(true);
+        }
+        meta::put_inode(tx, i)?;
+        Ok(false)
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> FsResult<()> {
+        self.writable()?;
+        let name = name.as_bytes();
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if dir && name == b"." {
+            return Err(FsError::Invalid("cannot remove '.'"));
+        }
+        if dir && name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        let deleted = self.txn(|tx| {
+            let mut p = meta::inode(tx, parent)?;
+            if p.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let ino = meta::lookup(tx, parent, name)?.ok_or(FsError::NotFound)?;
+            let mut i = meta::inode(tx, ino)?;
+            match (dir, i.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !meta::dir_is_empty(tx, ino)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            meta::remove_dentry(tx, parent, name)?;
+            let now = Time::now();
+            if dir {
+                p.nlink = p.nlink.saturating_sub(1);
+            }
+            p.mtime = now;
+            p.ctime = now;
+            meta::put_inode(tx, &p)?;
+            Ok(self.drop_link(tx, &mut i, now)?.then_some(ino))
+        })?;
+        if let Some(ino) = deleted {
+            self.remove_local_files(ino);
+        }
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        mode: RenameMode,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let name = name.as_bytes();
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let new_name = check_name(new_name)?;
+        if name == b"." || name == b".." {
+            return Err(FsError::Invalid("cannot rename '.' or '..'"));
+        }
+        let deleted = self.txn(|tx| {
+            let now = Time::now();
+            let mut p = meta::inode(tx, parent)?;
+            let mut np = meta::inode(tx, new_parent)?;
+            if p.kind != Kind::Dir || np.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let src_ino = meta::lookup(tx, parent, name)?.ok_or(FsError::NotFound)?;
+            let mut src = meta::inode(tx, src_ino)?;
+            let dst_ino = meta::lookup(tx, new_parent, new_name)?;
+            if src.kind == Kind::Dir && self.is_ancestor(tx, src_ino, new_parent)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            if mode == RenameMode::Exchange {
+                let dst_ino = dst_ino.ok_or(FsError::NotFound)?;
+                let mut dst = meta::inode(tx, dst_ino)?;
+                if dst.kind == Kind::Dir && self.is_ancestor(tx, dst_ino, parent)? {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                if src_ino == dst_ino {
+                    return Ok(None);
+                }
+                meta::retarget_dentry(tx, parent, name, dst_ino)?;
+                meta::retarget_dentry(tx, new_parent, new_name, src_ino)?;
+                if parent != new_parent {
+                    let (sd, dd) = (src.kind == Kind::Dir, dst.kind == Kind::Dir);
+                    if sd {
+                        src.parent = Some(new_parent);
+                    }
+                    if dd {
+                        dst.parent = Some(parent);
+                    }
+                    if sd && !dd {
+                        p.nlink -= 1;
+                        np.nlink += 1;
+                    } else if dd && !sd {
+                        p.nlink += 1;
+                        np.nlink -= 1;
+                    }
+                }
+                src.ctime = now;
+                dst.ctime = now;
+                meta::put_inode(tx, &src)?;
+                meta::put_inode(tx, &dst)?;
+                self.touch_parents(tx, &mut p, &mut np, now)?;
+                return Ok(None);
+            }
+            let mut deleted = None;
+            if let Some(dst_ino) = dst_ino {
+                if mode == RenameMode::NoReplace {
+                    return Err(FsError::Exists);
+                }
+                if dst_ino == src_ino {
+                    // Two links to one file: POSIX says do nothing.
+                    return Ok(None);
+                }
+                let mut dst = meta::inode(tx, dst_ino)?;
+                match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                    (true, false) => return Err(FsError::NotDir),
+                    (false, true) => return Err(FsError::IsDir),
+                    (true, true) if !meta::dir_is_empty(tx, dst_ino)? => {
+                        return Err(FsError::NotEmpty);
+                    }
+                    _ => {}
+                }
+                meta::retarget_dentry(tx, new_parent, new_name, src_ino)?;
+                if dst.kind == Kind::Dir {
+                    np.nlink -= 1;
+                }
+                if self.drop_link(tx, &mut dst, now)? {
+                    deleted = Some(dst_ino);
+                }
+            } else {
+                meta::add_dentry(tx, new_parent, new_name, src_ino)?;
+            }
+            meta::remove_dentry(tx, parent, name)?;
+            if src.kind == Kind::Dir && parent != new_parent {
+                p.nlink -= 1;
+                np.nlink += 1;
+                src.parent = Some(new_parent);
+            }
+            src.ctime = now;
+            meta::put_inode(tx, &src)?;
+            self.touch_parents(tx, &mut p, &mut np, now)?;
+            Ok(deleted)
+        })?;
+        if let Some(ino) = deleted {
+            self.remove_local_files(ino);
+        }
+        Ok(())
+    }
+
+    fn touch_parents(
+        &self,
+        tx: &Transaction<'_>,
+        p: &mut Inode,
+        np: &mut Inode,
+        now: Time,
+    ) -> FsResult<()> {
+        if p.ino == np.ino {
+            // One directory: only `np` carries changes (link counts move only between two).
+            np.mtime = now;
+            np.ctime = now;
+            return meta::put_inode(tx, np);
+        }
+        for d in [p, np] {
+            d.mtime = now;
+            d.ctime = now;
+            meta::put_inode(tx, d)?;
+        }
+        Ok(())
+    }
+
+    /// Whether directory `dir` is `ino` or lies below it.
+    fn is_ancestor(&self, tx: &Transaction<'_>, ino: Ino, mut dir: Ino) -> FsResult<bool> {
+        for _ in 0..100_000 {
+            if dir == ino {
+                return Ok(true);
+            }
+            if dir == ROOT {
+                return Ok(false);
+            }
+            dir = meta::inode(tx, dir)?.parent.unwrap_or(ROOT);
+        }
+        Err(FsError::Schema("directory parents form a loop".into()))
+    }
+
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Inode> {
+        if set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.size.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+            || set.ctime.is_some()
+        {
+            self.writable()?;
+        }
+        if let Some(size) = set.size {
+            self.truncate(ino, size).await?;
+        }
+        self.txn(|tx| {
+            let mut i = meta::inode(tx, ino)?;
+            let now = Time::now();
+            let mut changed = false;
+            if let Some(mode) = set.mode {
+                i.perm = mode & 0o7777;
+                changed = true;
+            }
+            if let Some(uid) = set.uid {
+                i.uid = uid;
+                changed = true;
+            }
+            if let Some(gid) = set.gid {
+                i.gid = gid;
+                changed = true;
+            }
+            if let Some(t) = set.atime {
+                i.atime = match t {
+                    TimeSet::Now => now,
+                    TimeSet::At(t) => t,
+                };
+                changed = true;
+            }
+            if let Some(t) = set.mtime {
+                i.mtime = match t {
+                    TimeSet::Now => now,
+                    TimeSet::At(t) => t,
+                };
+                changed = true;
+            }
+            if changed {
+                i.ctime = now;
+            }
+            if let Some(c) = set.ctime {
+                i.ctime = c;
+            }
+            if changed || set.ctime.is_some() {
+                meta::put_inode(tx, &i)?;
+            }
+            Ok(i)
+        })
+    }
+
+    // ---- files ---------------------------------------------------------------------------
+
+    fn open_handle(&self, ino: Ino, flags: i32) -> u64 {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.pin(ino);
+        {
+            let mut map = lock(&self.inner.live);
+            if let Some(e) = map.get_mut(&ino) {
+                e.opens += 1;
+                if write {
+                    e.writers += 1;
+                }
+            }
+        }
+        lock(&self.inner.handles).insert(fh, Handle { ino, write });
+        fh
+    }
+
+    pub async fn open(&self, ino: Ino, flags: i32) -> FsResult<u64> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if write {
+            self.writable()?;
+        }
+        let i = self.getattr(ino).await?;
+        match i.kind {
+            Kind::Dir if write => return Err(FsError::IsDir),
+            Kind::Symlink => return Err(FsError::Invalid("cannot open a symlink")),
+            _ => {}
+        }
+        let fh = self.open_handle(ino, flags);
+        if flags & libc::O_TRUNC != 0
+            && write
+            && i.kind == Kind::File
+            && i.size > 0
+            && let Err(e) = self.truncate(ino, 0).await
+        {
+            let _ = self.release(fh).await;
+            return Err(e);
+        }
+        Ok(fh)
+    }
+
+    /// The staging file of `ino`, opened into `data` (it must exist: the inode is staged).
+    fn staging_file(&self, ino: Ino, data: &mut LiveData) -> FsResult<Arc<File>> {
+        if let Some(f) = &data.file {
+            return Ok(f.clone());
+        }
+        let path = self.staging_path(ino);
+        let f = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(format!("open staging file {}", path.display())))?,
+        );
+        data.file = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Makes `ino` staged: its whole content in a staging file (fetched if needed, unless
+    /// `discard` says the old content is not wanted).
+    async fn stage(&self, ino: Ino, data: &mut LiveData, discard: bool) -> FsResult<Inode> {
+        let i = self.getattr(ino).await?;
+        if i.staged {
+            self.staging_file(ino, data)?;
+            return Ok(i);
+        }
+        let path = self.staging_path(ino);
+        let tmp = self.inner.staging_dir.join(format!("{ino}.tmp"));
+        let cached = self.file_cache_path(ino, i.uploaded_gen);
+        if !discard && fs::rename(&cached, &tmp).is_ok() {
+            debug!(ino, "staged from the file cache");
+        } else {
+            let f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+            if !discard {
+                f.set_len(i.size)
+                    .map_err(io_err(format!("size {}", tmp.display())))?;
+                let extents = self.read_db(|c| meta::extents(c, ino))?;
+                for e in extents {
+                    let bytes = self.extent_bytes(ino, &e).await?;
+                    f.write_all_at(&bytes, e.file_off)
+                        .map_err(io_err(format!("write {}", tmp.display())))?;
+                }
+            }
+        }
+        fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))?;
+        let i = self.txn(|tx| {
+            let mut i = meta::inode(tx, ino)?;
+            i.staged = true;
+            meta::put_inode(tx, &i)?;
+            Ok(i)
+        })?;
+        data.file = None;
+        self.staging_file(ino, data)?;
+        Ok(i)
+    }
+
+    /// Reads an extent from the extent cache or the network, verified against its hash.
+    async fn extent_bytes(&self, ino: Ino, e: &Extent) -> FsResult<Vec<u8>> {
+        let path = self.extent_cache_path(&e.hash);
+        if let Ok(bytes) = fs::read(&path) {
+            if bytes.len() as u64 == e.len && *blake3::hash(&bytes).as_bytes() == e.hash {
+                return Ok(bytes);
+            }
+            warn!(path = %path.display(), "cached extent is damaged; fetching it again");
+            let _ = fs::remove_file(&path);
+        }
+        let bytes = self
+            .inner
+            .store
+            .get(e.blob_id, e.blob_off..e.blob_off + e.len)
+            .await?;
+        if bytes.len() as u64 != e.len || *blake3::hash(&bytes).as_bytes() != e.hash {
+            return Err(FsError::Corrupt {
+                ino,
+                offset: e.file_off,
+            });
+        }
+        let tmp = path.with_extension("tmp");
+        if fs::write(&tmp, &bytes).is_ok() {
+            let _ = fs::rename(&tmp, &path);
+        }
+        Ok(bytes)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (ino, _) = self.handle(fh)?;
+        let live = self.pin(ino);
+        let out = self.read_inner(ino, &live, offset, size).await;
+        self.unpin(ino);
+        out
+    }
+
+    async fn read_inner(&self, ino: Ino, live: &Live, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let data = live.data.read().await;
+        let i = self.getattr(ino).await?;
+        if i.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if offset >= i.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = i.size.min(offset.saturating_add(u64::from(size)));
+        let len = usize::try_from(end - offset).map_err(|_| FsError::TooBig)?;
+        let mut buf = vec![0u8; len];
+        if i.staged {
+            let file = match &data.file {
+                Some(f) => f.clone(),
+                None => {
+                    drop(data);
+                    let mut d = live.data.write().await;
+                    let f = self.staging_file(ino, &mut d)?;
+                    drop(d);
+                    return self.pread(&f, ino, offset, buf).await;
+                }
+            };
+            return self.pread(&file, ino, offset, buf).await;
+        }
+        let cached = self.file_cache_path(ino, i.uploaded_gen);
+        if let Ok(f) = File::open(&cached) {
+            return self.pread(&f, ino, offset, buf).await;
+        }
+        let extents = self.read_db(|c| meta::extents(c, ino))?;
+        for e in extents
+            .iter()
+            .filter(|e| e.file_off < end && e.file_off + e.len > offset)
+        {
+            let bytes = self.extent_bytes(ino, e).await?;
+            let from = offset.max(e.file_off);
+            let to = end.min(e.file_off + e.len);
+            let src = usize::try_from(from - e.file_off).map_err(|_| FsError::TooBig)?;
+            let dst = usize::try_from(from - offset).map_err(|_| FsError::TooBig)?;
+            let n = usize::try_from(to - from).map_err(|_| FsError::TooBig)?;
+            buf[dst..dst + n].copy_from_slice(&bytes[src..src + n]);
+        }
+        Ok(buf)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; bytes past the file's end on disk read as zeros.
+    async fn pread(&self, f: &File, ino: Ino, offset: u64, mut buf: Vec<u8>) -> FsResult<Vec<u8>> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = f
+                .read_at(&mut buf[done..], offset + done as u64)
+                .map_err(io_err(format!("read local data of inode {ino}")))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(buf)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
+        self.writable()?;
+        let (ino, write) = self.handle(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .filter(|&e| e <= i64::MAX as u64)
+            .ok_or(FsError::TooBig)?;
+        let live = self.pin(ino);
+        let result = async {
+            let mut data = live.data.write().await;
+            let i = self.stage(ino, &mut data, false).await?;
+            let file = self.staging_file(ino, &mut data)?;
+            file.write_all_at(bytes, offset)
+                .map_err(io_err(format!("write staging file of inode {ino}")))?;
+            data.dirty = true;
+            data.wgen += 1;
+            let now = Time::now();
+            let size = i.size.max(end);
+            self.read_db(|c| {
+                c.prepare_cached(
+                    "UPDATE inodes SET size = ?2, mtime_s = ?3, mtime_ns = ?4, ctime_s = ?3,
+                        ctime_ns = ?4 WHERE ino = ?1",
+                )?
+                .execute(rusqlite::params![ino, size, now.sec, now.nsec])?;
+                Ok(())
+            })?;
+            u32::try_from(bytes.len()).map_err(|_| FsError::TooBig)
+        }
+        .await;
+        self.unpin(ino);
+        result
+    }
+
+    async fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
+        if size > i64::MAX as u64 {
+            return Err(FsError::TooBig);
+        }
+        let i = self.getattr(ino).await?;
+        match i.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("not a regular file")),
+        }
+        let live = self.pin(ino);
+        let result = async {
+            let mut data = live.data.write().await;
+            self.stage(ino, &mut data, size == 0).await?;
+            let file = self.staging_file(ino, &mut data)?;
+            file.set_len(size)
+                .map_err(io_err(format!("truncate staging file of inode {ino}")))?;
+            data.wgen += 1;
+            data.dirty = false;
+            let now = Time::now();
+            let changed = size != i.size;
+            self.txn(|tx| {
+                let mut i = meta::inode(tx, ino)?;
+                i.size = size;
+                if changed {
+                    i.mtime = now;
+                    i.ctime = now;
+                }
+                i.data_gen += 1;
+                meta::put_inode(tx, &i)?;
+                meta::queue_upload(tx, ino, i.data_gen, size)
+            })
+        }
+        .await;
+        self.unpin(ino);
+        self.inner.upload_wake.notify_one();
+        result
+    }
+
+    /// Hands what was written through this inode so far to the uploader (close and fsync).
+    /// Returns the generation that holds it.
+    async fn commit_writes(&self, ino: Ino, live: &Live) -> FsResult<u64> {
+        let mut data = live.data.write().await;
+        if !data.dirty {
+            return Ok(self.getattr(ino).await?.data_gen);
+        }
+        let g = self.txn(|tx| {
+            let mut i = meta::inode(tx, ino)?;
+            i.data_gen += 1;
+            meta::put_inode(tx, &i)?;
+            meta::queue_upload(tx, ino, i.data_gen, i.size)?;
+            Ok(i.data_gen)
+        })?;
+        data.dirty = false;
+        drop(data);
+        self.inner.upload_wake.notify_one();
+        Ok(g)
+    }
+
+    /// `close(2)` of a descriptor: what was written is queued for upload (and, with
+    /// `sync_on_close`, certified before this returns).
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let (ino, write) = self.handle(fh)?;
+        if !write {
+            return Ok(());
+        }
+        let live = self.pin(ino);
+        let g = self.commit_writes(ino, &live).await;
+        self.unpin(ino);
+        let g = g?;
+        if self.inner.config.sync_on_close {
+            self.wait_uploaded(ino, g).await?;
+        }
+        Ok(())
+    }
+
+    /// The last close of an open file description.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = lock(&self.inner.handles).remove(&fh) else {
+            return Err(FsError::BadHandle);
+        };
+        let ino = h.ino;
+        let live = self.pin(ino);
+        if h.write {
+            // A release without a flush (the kernel skips flush for some paths) must not
+            // leave writes unqueued.
+            let _ = self.commit_writes(ino, &live).await;
+        }
+        let last = {
+            let mut map = lock(&self.inner.live);
+            match map.get_mut(&ino) {
+                Some(e) => {
+                    e.opens = e.opens.saturating_sub(1);
+                    if h.write {
+                        e.writers = e.writers.saturating_sub(1);
+                    }
+                    e.opens == 0
+                }
+                None => true,
+            }
+        };
+        if last {
+            let mut data = live.data.write().await;
+            data.file = None;
+            let deleted = self.txn(|tx| {
+                let Some(i) = meta::get_inode(tx, ino)? else {
+                    return Ok(false);
+                };
+                if i.nlink == 0 && self.open_count(ino).0 == 0 {
+                    meta::delete_inode(tx, ino)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            })?;
+            if deleted {
+                self.remove_local_files(ino);
+            } else {
+                self.try_unstage(ino, &data)?;
+            }
+        }
+        // Once for this call's pin, once for the handle's.
+        self.unpin(ino);
+        self.unpin(ino);
+        if h.write {
+            self.inner.upload_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Turns a staged file whose content is uploaded and that nobody has open back into a
+    /// clean one, keeping the staging file as its file cache. `data` is the held data lock.
+    fn try_unstage(&self, ino: Ino, data: &LiveData) -> FsResult<()> {
+        if data.dirty || self.open_count(ino).0 > 0 {
+            return Ok(());
+        }
+        self.txn(|tx| {
+            let Some(mut i) = meta::get_inode(tx, ino)? else {
+                return Ok(());
+            };
+            if !i.staged || i.uploaded_gen != i.data_gen {
+                return Ok(());
+            }
+            let cached = self.file_cache_path(ino, i.uploaded_gen);
+            fs::rename(self.staging_path(ino), &cached)
+                .map_err(io_err(format!("move staging file to {}", cached.display())))?;
+            i.staged = false;
+            meta::put_inode(tx, &i)
+        })
+    }
+
+    /// fsync/fdatasync: returns once the file's content as of this call is certified.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let (ino, _) = self.handle(fh)?;
+        let live = self.pin(ino);
+        let g = self.commit_writes(ino, &live).await;
+        self.unpin(ino);
+        let g = g?;
+        self.wait_uploaded(ino, g).await
+    }
+
+    /// Waits until generation `g` of `ino` (or a later one) is certified.
+    pub async fn wait_uploaded(&self, ino: Ino, g: u64) -> FsResult<()> {
+        let mut rx = self.inner.progress.subscribe();
+        lock(&self.inner.urgent).insert(ino);
+        self.inner.upload_wake.notify_one();
+        let result = loop {
+            rx.borrow_and_update();
+            match self.read_db(|c| meta::get_inode(c, ino))? {
+                None => break Ok(()),
+                Some(i) if i.uploaded_gen >= g || i.kind != Kind::File => break Ok(()),
+                Some(_) => {}
+            }
+            if let Some((fg, msg)) = lock(&self.inner.failures).get(&ino).cloned()
+                && fg >= g
+            {
+                warn!(ino, error = %msg, "fsync: upload failed");
+                break Err(FsError::Store(crate::blobstore::BlobStoreError::Failed(
+                    msg,
+                )));
+            }
+            if *self.inner.shutdown.borrow() {
+                break Err(FsError::ShuttingDown);
+            }
+            if rx.changed().await.is_err() {
+                break Err(FsError::ShuttingDown);
+            }
+        };
+        lock(&self.inner.urgent).remove(&ino);
+        result
+    }
+
+    /// Waits until no upload is pending (`walrusfs flush`, unmount with `--wait`).
+    pub async fn wait_idle(&self) -> FsResult<()> {
+        let mut rx = self.inner.progress.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let pending = self.read_db(|c| Ok(meta::queued_uploads(c)?.len()))?;
+            if pending == 0 {
+                return Ok(());
+            }
+            // Everything queued is wanted now, open or not.
+            {
+                let queued = self.read_db(meta::queued_uploads)?;
+                let mut urgent = lock(&self.inner.urgent);
+                urgent.extend(queued.iter().map(|q| q.ino));
+            }
+            self.inner.upload_wake.notify_one();
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Err(FsError::ShuttingDown) },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    // ---- directories -------------------------------------------------------------------
+
+    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
+        let i = self.getattr(ino).await?;
+        if i.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(self.inner.next_fh.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Up to `limit` entries after `offset` (0 starts at the beginning; each entry's
+    /// `offset` continues after it). "." and ".." come first.
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> FsResult<Vec<ReadDirEntry>> {
+        self.read_db(|c| {
+            let i = meta::inode(c, ino)?;
+            if i.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let mut out = Vec::new();
+            if offset == 0 {
+                out.push(ReadDirEntry {
+                    ino,
+                    offset: 1,
+                    kind: Kind::Dir,
+                    name: b".".to_vec(),
+                });
+            }
+            if offset <= 1 {
+                out.push(ReadDirEntry {
+                    ino: i.parent.unwrap_or(ROOT),
+                    offset: 2,
+                    kind: Kind::Dir,
+                    name: b"..".to_vec(),
+                });
+            }
+            let after = offset.saturating_sub(2);
+            for e in meta::read_dir(c, ino, after, limit.saturating_sub(out.len()))? {
+                out.push(ReadDirEntry {
+                    ino: e.ino,
+                    offset: e.cookie + 2,
+                    kind: e.kind,
+                    name: e.name,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    // ---- xattrs ----------------------------------------------------------------------------
+
+    pub async fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
+        self.read_db(|c| {
+            meta::inode(c, ino)?;
+            meta::get_xattr(c, ino, name.as_bytes())?.ok_or(FsError::NoAttr)
+        })
+    }
+
+    pub async fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        self.read_db(|c| {
+            meta::inode(c, ino)?;
+            let mut out = Vec::new();
+            for n in meta::list_xattrs(c, ino)? {
+                out.extend_from_slice(&n);
+                out.push(0);
+            }
+            Ok(out)
+        })
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        mode: XattrMode,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let name = name.as_bytes();
+        if name.is_empty() || name.len() > NAME_MAX {
+            return Err(FsError::Range);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(FsError::TooBig);
+        }
+        let known = [&b"user."[..], b"trusted.", b"security.", b"system."];
+        if !known.iter().any(|p| name.starts_with(p)) {
+            return Err(FsError::NotSupported);
+        }
+        if name.starts_with(b"system.") {
+            if name != acl::ACCESS && name != acl::DEFAULT {
+                return Err(FsError::NotSupported);
+            }
+            if !acl::is_valid(value) {
+                return Err(FsError::Invalid("malformed POSIX ACL"));
+            }
+        }
+        self.txn(|tx| {
+            let mut i = meta::inode(tx, ino)?;
+            if name == acl::DEFAULT && i.kind != Kind::Dir {
+                return Err(FsError::Access);
+            }
+            let exists = meta::get_xattr(tx, ino, name)?.is_some();
+            match mode {
+                XattrMode::Create if exists => return Err(FsError::Exists),
+                XattrMode::Replace if !exists => return Err(FsError::NoAttr),
+                _ => {}
+            }
+            meta::set_xattr(tx, ino, name, value)?;
+            i.ctime = Time::now();
+            meta::put_inode(tx, &i)
+        })
+    }
+
+    pub async fn removexattr(&self, ino: Ino, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        self.txn(|tx| {
+            let mut i = meta::inode(tx, ino)?;
+            if !meta::remove_xattr(tx, ino, name.as_bytes())? {
+                return Err(FsError::NoAttr);
+            }
+            i.ctime = Time::now();
+            meta::put_inode(tx, &i)
+        })
+    }
+
+    // ---- whole filesystem ------------------------------------------------------------------
+
+    pub async fn statfs(&self) -> FsResult<StatFs> {
+        let totals = self.read_db(meta::totals)?;
+        let bsize = 4096u64;
+        // The network's capacity is not ours to know; report a large volume so that programs
+        // that check free space first (installers, rsync --max-size) go ahead, bounded by the
+        // local disk that stages writes.
+        let local = local_free_bytes(&self.inner.config.data_dir).unwrap_or(1 << 40);
+        let used = totals.bytes.div_ceil(bsize);
+        let free = local / bsize;
+        Ok(StatFs {
+            blocks: used + free,
+            bfree: free,
+            bavail: free,
+            files: totals.inodes + (1 << 32),
+            ffree: 1 << 32,
+            bsize: bsize as u32,
+            namelen: NAME_MAX as u32,
+            totals,
+        })
+    }
+
+    /// Stops the uploader (after the blob in flight, if any) and waits up to `grace` for
+    /// pending uploads to finish first. What is still pending stays queued for the next mount.
+    pub async fn shutdown(&self, grace: Duration) {
+        if !self.inner.config.read_only && !grace.is_zero() {
+            let _ = tokio::time::timeout(grace, self.wait_idle()).await;
+        }
+        self.inner.shutdown.send_replace(true);
+        self.inner.upload_wake.notify_waiters();
+        self.inner.progress.send_modify(|p| *p += 1);
+    }
+
+    /// Uploads pending: (files, bytes, oldest queued time in ms since the epoch).
+    pub fn pending(&self) -> FsResult<(u64, u64, Option<u64>)> {
+        let q = self.read_db(meta::queued_uploads)?;
+        Ok((
+            q.len() as u64,
+            q.iter().map(|u| u.bytes).sum(),
+            q.iter().map(|u| u.queued_ms).min(),
+        ))
+    }
+}
+
+fn local_free_bytes(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some(s.f_bavail * s.f_frsize)
+}
+
+#[cfg(test)]
+mod tests;

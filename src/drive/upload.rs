@@ -1,0 +1,433 @@
+//! The uploader: one background task that packs queued files into blobs, stores them, and
+//! records the extents once they are certified; between rounds it deletes blobs that no file
+//! references any more.
+//!
+//! One task on purpose: a blob ID is a hash of content, so the same blob can be wanted again
+//! (identical files) while it waits for deletion; doing both in one task makes that race
+//! impossible.
+//!
+//! A file's content is read from its staging file without holding its lock; the write
+//! generation (`LiveData::wgen`) read before and checked at commit tells whether the file
+//! changed meanwhile, in which case nothing is recorded and the file stays queued.
+
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use super::error::{FsError, FsResult, io_err};
+use super::meta::{self, BlobRecord, Extent, Ino, Kind, QueuedUpload};
+use super::{Drive, Live, lock};
+use crate::blobstore::{PutOptions, StoredBlob};
+use crate::encoding::BlobId;
+
+/// A file taken for upload.
+struct Piece {
+    ino: Ino,
+    data_gen: u64,
+    wgen: u64,
+    live: Arc<Live>,
+    /// Extents; `blob` indexes the blobs of this round.
+    extents: Vec<(Extent, usize)>,
+}
+
+/// Blob IDs are not known until a blob is stored; extents point at this until then.
+const UNSET: BlobId = BlobId([0; 32]);
+
+struct Packer {
+    max: u64,
+    buf: Vec<u8>,
+    blobs: Vec<StoredBlob>,
+}
+
+impl Drive {
+    pub(super) async fn upload_loop(self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            match self.upload_round().await {
+                Ok(true) => {
+                    backoff = Duration::from_millis(250);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "upload failed; will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+            if let Err(e) = self.collect_garbage().await {
+                debug!(error = %e, "deleting unreferenced blobs failed; will retry");
+            }
+            tokio::select! {
+                () = self.inner.upload_wake.notified() => {
+                    // Let files closed together share a blob.
+                    tokio::time::sleep(self.inner.config.pack_linger).await;
+                }
+                _ = shutdown.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        debug!("uploader stopped");
+    }
+
+    /// Uploads one batch of queued files. Returns whether there was anything to do.
+    async fn upload_round(&self) -> FsResult<bool> {
+        let queued = self.read_db(meta::queued_uploads)?;
+        let urgent = lock(&self.inner.urgent).clone();
+        // Files still open for writing wait for their last close, unless someone fsyncs.
+        let eligible: Vec<QueuedUpload> = queued
+            .into_iter()
+            .filter(|q| self.open_count(q.ino).1 == 0 || urgent.contains(&q.ino))
+            .collect();
+        if eligible.is_empty() {
+            return Ok(false);
+        }
+        let max = self
+            .inner
+            .config
+            .max_pack
+            .min(self.inner.store.max_blob_size().await?)
+            .max(1);
+        // Urgent files first, then in queue order; as many as fit one blob, or one large
+        // file that spans several.
+        let (mut first, rest): (Vec<_>, Vec<_>) =
+            eligible.into_iter().partition(|q| urgent.contains(&q.ino));
+        first.extend(rest);
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        for q in first {
+            if !batch.is_empty() && bytes.saturating_add(q.bytes) > max {
+                break;
+            }
+            bytes = bytes.saturating_add(q.bytes);
+            batch.push(q);
+        }
+        let inos: Vec<Ino> = batch.iter().map(|q| q.ino).collect();
+        match self.upload_batch(batch, max).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                if !e.is_routine() {
+                    let msg = e.to_string();
+                    let mut failures = lock(&self.inner.failures);
+                    for ino in inos {
+                        let g = self
+                            .read_db(|c| meta::get_inode(c, ino))
+                            .ok()
+                            .flatten()
+                            .map_or(0, |i| i.data_gen);
+                        failures.insert(ino, (g, msg.clone()));
+                    }
+                }
+                self.inner.progress.send_modify(|p| *p += 1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_batch(&self, batch: Vec<QueuedUpload>, max: u64) -> FsResult<()> {
+        let mut packer = Packer {
+            max,
+            buf: Vec::new(),
+            blobs: Vec::new(),
+        };
+        let mut pieces = Vec::new();
+        let mut result = Ok(());
+        for q in batch {
+            match self.take(q, &mut packer).await {
+                Ok(Some(p)) => pieces.push(p),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() && !packer.buf.is_empty() {
+            result = self.put_blob(&mut packer).await;
+        }
+        // Commit whatever was taken even after a failure: blobs already stored are then
+        // either referenced or queued for deletion, never forgotten.
+        let commit = self.commit(pieces, &packer.blobs).await;
+        for p in &packer.blobs {
+            debug!(blob_id = %p.blob_id, size = p.size, "blob stored");
+        }
+        result.and(commit)
+    }
+
+    /// Takes one queued file: reads its staged content into the packer.
+    async fn take(&self, q: QueuedUpload, packer: &mut Packer) -> FsResult<Option<Piece>> {
+        let live = self.pin(q.ino);
+        let r = self.take_inner(q, packer, &live).await;
+        self.unpin(q.ino);
+        r.map(|o| {
+            o.map(|(data_gen, wgen, extents)| Piece {
+                ino: q.ino,
+                data_gen,
+                wgen,
+                live,
+                extents,
+            })
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn take_inner(
+        &self,
+        q: QueuedUpload,
+        packer: &mut Packer,
+        live: &Arc<Live>,
+    ) -> FsResult<Option<(u64, u64, Vec<(Extent, usize)>)>> {
+        let (file, size, data_gen, wgen) = {
+            let mut data = live.data.write().await;
+            let Some(mut i) = self.read_db(|c| meta::get_inode(c, q.ino))? else {
+                self.txn(|tx| meta::remove_upload(tx, q.ino))?;
+                return Ok(None);
+            };
+            if i.kind != Kind::File || !i.staged {
+                // Nothing staged: the queue entry is stale.
+                self.txn(|tx| meta::remove_upload(tx, q.ino))?;
+                return Ok(None);
+            }
+            if data.dirty {
+                // Written since the last close; only an fsync brings us here. Take the
+                // content as it is now.
+                let g = self.txn(|tx| {
+                    let mut i = meta::inode(tx, q.ino)?;
+                    i.data_gen += 1;
+                    meta::put_inode(tx, &i)?;
+                    meta::queue_upload(tx, q.ino, i.data_gen, i.size)?;
+                    Ok(i.data_gen)
+                })?;
+                data.dirty = false;
+                i.data_gen = g;
+            }
+            if i.uploaded_gen >= i.data_gen {
+                self.txn(|tx| meta::remove_upload(tx, q.ino))?;
+                return Ok(None);
+            }
+            let file = self.staging_file(q.ino, &mut data)?;
+            (file, i.size, i.data_gen, data.wgen)
+        };
+        let mut extents = Vec::new();
+        let extent_size = self.inner.config.extent_size.max(1);
+        for (start, end) in data_segments(&file, size)? {
+            let mut off = start;
+            while off < end {
+                let room = packer.max - packer.buf.len() as u64;
+                if room == 0 {
+                    self.put_blob(packer).await?;
+                    continue;
+                }
+                let len = (end - off).min(extent_size).min(room);
+                let n = usize::try_from(len).map_err(|_| FsError::TooBig)?;
+                let at = packer.buf.len();
+                packer.buf.resize(at + n, 0);
+                read_full(&file, &mut packer.buf[at..], off)
+                    .map_err(io_err(format!("read staging file of inode {}", q.ino)))?;
+                let hash = *blake3::hash(&packer.buf[at..]).as_bytes();
+                extents.push((
+                    Extent {
+                        file_off: off,
+                        len,
+                        blob_id: UNSET,
+                        blob_off: at as u64,
+                        hash,
+                    },
+                    packer.blobs.len(),
+                ));
+                off += len;
+            }
+        }
+        Ok(Some((data_gen, wgen, extents)))
+    }
+
+    async fn put_blob(&self, packer: &mut Packer) -> FsResult<()> {
+        let data = std::mem::take(&mut packer.buf);
+        let size = data.len();
+        let stored = self
+            .inner
+            .store
+            .put(
+                data,
+                PutOptions {
+                    epochs: self.inner.config.epochs,
+                    deletable: true,
+                },
+            )
+            .await?;
+        info!(blob_id = %stored.blob_id, size, "blob certified");
+        // Record it at once, so that a failure later in the round cannot forget it.
+        let record = BlobRecord {
+            blob_id: stored.blob_id,
+            backend: self.inner.store.kind().to_string(),
+            object_id: stored.object_id,
+            owner: stored.owner.clone(),
+            size: stored.size,
+            encoded_size: stored.encoded_size,
+            end_epoch: stored.end_epoch,
+            deletable: stored.deletable,
+        };
+        self.txn(|tx| {
+            meta::insert_blob(tx, &record)?;
+            // Unreferenced until the commit says otherwise.
+            meta::mark_dead_if_unreferenced(tx, &[record.blob_id])
+        })?;
+        packer.blobs.push(stored);
+        Ok(())
+    }
+
+    /// Records the extents of every piece whose content is still what was uploaded.
+    async fn commit(&self, pieces: Vec<Piece>, blobs: &[StoredBlob]) -> FsResult<()> {
+        let mut committed = Vec::new();
+        for p in pieces {
+            if p.extents.iter().any(|(_, b)| *b >= blobs.len()) {
+                // Part of it never reached a stored blob.
+                continue;
+            }
+            let mut data = p.live.data.write().await;
+            if data.wgen != p.wgen {
+                debug!(ino = p.ino, "changed during upload; stays queued");
+                continue;
+            }
+            let extents: Vec<Extent> = p
+                .extents
+                .iter()
+                .map(|(e, b)| Extent {
+                    blob_id: blobs[*b].blob_id,
+                    ..e.clone()
+                })
+                .collect();
+            let done = self.txn(|tx| {
+                let Some(mut i) = meta::get_inode(tx, p.ino)? else {
+                    return Ok(false);
+                };
+                if p.data_gen <= i.uploaded_gen {
+                    return Ok(false);
+                }
+                meta::replace_extents(tx, p.ino, &extents)?;
+                i.uploaded_gen = p.data_gen;
+                meta::put_inode(tx, &i)?;
+                let still_queued = meta::queued_uploads(tx)?
+                    .into_iter()
+                    .find(|q| q.ino == p.ino);
+                if still_queued.is_some_and(|q| q.data_gen <= p.data_gen) {
+                    meta::remove_upload(tx, p.ino)?;
+                }
+                Ok(true)
+            })?;
+            if done {
+                lock(&self.inner.failures).remove(&p.ino);
+                if self.open_count(p.ino).0 == 0 {
+                    data.file = None;
+                    self.try_unstage(p.ino, &data)?;
+                }
+                committed.push(p.ino);
+            }
+        }
+        let ids: Vec<BlobId> = blobs.iter().map(|b| b.blob_id).collect();
+        self.txn(|tx| {
+            for id in &ids {
+                let used = tx
+                    .prepare_cached("SELECT 1 FROM extents WHERE blob_id = ?1 LIMIT 1")?
+                    .exists([&id.0[..]])?;
+                if used {
+                    tx.prepare_cached("DELETE FROM dead_blobs WHERE blob_id = ?1")?
+                        .execute([&id.0[..]])?;
+                }
+            }
+            Ok(())
+        })?;
+        if !committed.is_empty() {
+            debug!(files = committed.len(), "uploads committed");
+        }
+        self.inner.progress.send_modify(|p| *p += 1);
+        Ok(())
+    }
+
+    /// Deletes blobs no extent references (a few per round).
+    async fn collect_garbage(&self) -> FsResult<()> {
+        let dead = self.read_db(|c| meta::dead_blobs(c, 16))?;
+        for blob_id in dead {
+            let used = self.read_db(|c| {
+                Ok(
+                    c.prepare_cached("SELECT 1 FROM extents WHERE blob_id = ?1 LIMIT 1")?
+                        .exists([&blob_id.0[..]])?,
+                )
+            })?;
+            if !used {
+                self.inner.store.delete(blob_id).await?;
+                debug!(%blob_id, "unreferenced blob deleted");
+            }
+            self.txn(|tx| {
+                if used {
+                    tx.prepare_cached("DELETE FROM dead_blobs WHERE blob_id = ?1")?
+                        .execute([&blob_id.0[..]])?;
+                    Ok(())
+                } else {
+                    meta::forget_blob(tx, &blob_id)
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The byte ranges of `file` below `size` that hold data (holes are skipped: they read as
+/// zeros and cost nothing to store).
+fn data_segments(file: &std::fs::File, size: u64) -> FsResult<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let size_i = i64::try_from(size).map_err(|_| FsError::TooBig)?;
+    while pos < size_i {
+        // SAFETY: lseek on a valid descriptor has no memory effects.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                // No SEEK_DATA on this filesystem: all of it is data.
+                out.push((pos as u64, size));
+                break;
+            }
+            return Err(io_err("find data in a staging file")(e));
+        }
+        if data >= size_i {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { size_i } else { hole.min(size_i) };
+        out.push((data as u64, end as u64));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; past the end of the file reads zeros (a
+/// concurrent truncate; the write generation catches it).
+fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,563 @@
+//! The FUSE adapter: turns kernel requests into calls on [`Drive`] and its answers into
+//! replies. Nothing else lives here.
+//!
+//! Every request runs as a task on the drive's tokio runtime and replies from there, so a
+//! session thread never waits on the network (a read that fetches slivers, an fsync that
+//! waits for certification). The kernel serializes what POSIX needs serialized (writes to
+//! one file, operations on one directory entry), so running requests concurrently is safe.
+//!
+//! Locks (`fcntl`, `flock`) are left to the kernel: a filesystem that does not implement
+//! them gets the kernel's local locking, which is exact for a drive mounted once.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use tracing::{debug, warn};
+
+use crate::drive::{
+    Caller, Drive, FsError, Inode, Kind, RenameMode, SetAttr, Time, TimeSet, XattrMode,
+};
+
+/// How long the kernel may cache attributes and names. Every change goes through this
+/// mount, so the kernel's cache is never stale for long; one second bounds the damage if
+/// the data directory is ever changed behind the mount's back.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// The FUSE filesystem over a drive.
+pub struct WalrusFuse {
+    drive: Drive,
+    rt: Handle,
+}
+
+impl WalrusFuse {
+    pub fn new(drive: Drive, rt: Handle) -> Self {
+        Self { drive, rt }
+    }
+
+    fn spawn<F>(&self, f: impl FnOnce(Drive) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.drive.clone()));
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn errno(op: &str, e: &FsError) -> Errno {
+    if e.is_routine() {
+        debug!(op, error = %e);
+    } else {
+        warn!(op, error = %e, "operation failed");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn attr(i: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(i.ino),
+        size: i.size,
+        blocks: i.size.div_ceil(512),
+        atime: i.atime.to_system(),
+        mtime: i.mtime.to_system(),
+        ctime: i.ctime.to_system(),
+        crtime: i.crtime.to_system(),
+        kind: file_type(i.kind),
+        perm: (i.perm & 0o7777) as u16,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(Time::from_system(t)),
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, op: &str, r: Result<Inode, FsError>) {
+    match r {
+        Ok(i) => reply.entry(&TTL, &attr(&i), Generation(0)),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, op: &str, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, op: &str, size: u32, r: Result<Vec<u8>, FsError>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
+impl Filesystem for WalrusFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // ACLs are checked by the kernel against the system.posix_acl_* xattrs we store;
+        // O_TRUNC comes with open, saving a setattr round trip.
+        let wanted = InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_BIG_WRITES;
+        let available = config.capabilities() & wanted;
+        if let Err(missing) = config.add_capabilities(available) {
+            debug!(?missing, "kernel lacks FUSE capabilities");
+        }
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {}
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.spawn(
+            |d| async move { reply_entry(reply, "lookup", d.lookup(parent.0, &name).await) },
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(|d| async move {
+            match d.getattr(ino.0).await {
+                Ok(i) => reply.attr(&TTL, &attr(&i)),
+                Err(e) => reply.error(errno("getattr", &e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(Time::from_system),
+        };
+        self.spawn(|d| async move {
+            match d.setattr(ino.0, set).await {
+                Ok(i) => reply.attr(&TTL, &attr(&i)),
+                Err(e) => reply.error(errno("setattr", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(|d| async move {
+            match d.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno("readlink", &e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (c, name) = (caller(req), name.to_owned());
+        self.spawn(|d| async move {
+            reply_entry(
+                reply,
+                "mknod",
+                d.mknod(c, parent.0, &name, mode, umask, rdev).await,
+            );
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (c, name) = (caller(req), name.to_owned());
+        self.spawn(|d| async move {
+            reply_entry(
+                reply,
+                "mkdir",
+                d.mkdir(c, parent.0, &name, mode, umask).await,
+            );
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(
+            |d| async move { reply_empty(reply, "unlink", d.unlink(parent.0, &name).await) },
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|d| async move { reply_empty(reply, "rmdir", d.rmdir(parent.0, &name).await) });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (c, name, target) = (caller(req), link_name.to_owned(), target.to_owned());
+        self.spawn(|d| async move {
+            reply_entry(
+                reply,
+                "symlink",
+                d.symlink(c, parent.0, &name, &target).await,
+            );
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            // RENAME_WHITEOUT is for overlay filesystems.
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        };
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.spawn(|d| async move {
+            reply_empty(
+                reply,
+                "rename",
+                d.rename(parent.0, &name, newparent.0, &newname, mode).await,
+            );
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = newname.to_owned();
+        self.spawn(|d| async move {
+            reply_entry(reply, "link", d.link(ino.0, newparent.0, &newname).await);
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(|d| async move {
+            match d.open(ino.0, flags.0).await {
+                // Every change goes through this mount, so what the kernel cached for the
+                // file is still right at the next open.
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno("open", &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(|d| async move {
+            match d.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno("read", &e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(|d| async move {
+            match d.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", &e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|d| async move { reply_empty(reply, "flush", d.flush(fh.0).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|d| async move { reply_empty(reply, "release", d.release(fh.0).await) });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|d| async move { reply_empty(reply, "fsync", d.fsync(fh.0).await) });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(|d| async move {
+            match d.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno("opendir", &e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.spawn(|d| async move {
+            match d.readdir(ino.0, offset, 1024).await {
+                Ok(entries) => {
+                    for e in entries {
+                        let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
+                        if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno("readdir", &e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are committed to the metadata database as they happen.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(|d| async move {
+            match d.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+                ),
+                Err(e) => reply.error(errno("statfs", &e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => {
+                reply.error(Errno::from_i32(libc::EINVAL));
+                return;
+            }
+        };
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.spawn(|d| async move {
+            reply_empty(
+                reply,
+                "setxattr",
+                d.setxattr(ino.0, &name, &value, mode).await,
+            );
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.to_owned();
+        self.spawn(|d| async move {
+            reply_xattr(reply, "getxattr", size, d.getxattr(ino.0, &name).await);
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(|d| async move {
+            reply_xattr(reply, "listxattr", size, d.listxattr(ino.0).await);
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|d| async move {
+            reply_empty(reply, "removexattr", d.removexattr(ino.0, &name).await);
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With `default_permissions` the kernel checks access itself; this only runs
+        // without it, and then existence is what is left to check.
+        self.spawn(|d| async move {
+            reply_empty(reply, "access", d.getattr(ino.0).await.map(|_| ()));
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (c, name) = (caller(req), name.to_owned());
+        self.spawn(|d| async move {
+            match d.create(c, parent.0, &name, mode, umask, flags).await {
+                Ok((i, fh)) => reply.created(
+                    &TTL,
+                    &attr(&i),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+                Err(e) => reply.error(errno("create", &e)),
+            }
+        });
+    }
+}
