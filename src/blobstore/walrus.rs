@@ -232,6 +232,13 @@ impl BlobStore for WalrusStore {
         if size > max {
             return Err(BlobStoreError::TooLarge { size, max });
         }
+        if options.epochs == 0 {
+            // The client would return a live blob for 0 epochs instead of refusing, as the
+            // ledger does and `MemoryStore` does.
+            return Err(BlobStoreError::Failed(
+                "a blob must be stored for at least 1 epoch".into(),
+            ));
+        }
         let mut outcome = self
             .client
             .store(
@@ -468,6 +475,58 @@ mod tests {
                 .await
         );
         assert_eq!(walrus.background_uploads(), 0);
+        net.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn put_returns_at_the_quorum_and_a_slow_node_catches_up_in_the_background() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net");
+        let params = DevnetParams {
+            nodes: 4,
+            shards: 10,
+            epoch_duration: None,
+            base_port: 0,
+        };
+        crate::devnet::Devnet::new(&dir).create(&params).unwrap();
+        // Node 3 (3 of 10 shards) answers every request 500 ms late; the other 7 shards make
+        // a quorum, so it is a straggler of every put.
+        let config = dir.join("nodes/3/node.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, format!("{text}\n[faults]\ndelay_ms = 500\n")).unwrap();
+        let net = EmbeddedNetwork::open_or_create(&dir, &params)
+            .await
+            .unwrap();
+        let options = PutOptions {
+            epochs: 1,
+            deletable: true,
+        };
+
+        let store = WalrusStore::new(net.client().clone());
+        let stored = store.put(data(50_000, 4), options).await.unwrap();
+        assert_eq!(store.background_uploads(), 1);
+        assert!(
+            store
+                .finish_background_uploads(Duration::from_secs(20))
+                .await
+        );
+        assert_eq!(store.background_uploads(), 0);
+        assert_eq!(
+            store.get(stored.blob_id, 0..50_000).await.unwrap(),
+            data(50_000, 4)
+        );
+
+        // With a short grace the slow node's uploads are abandoned, not awaited.
+        let store =
+            WalrusStore::new(net.client().clone()).with_straggler_grace(Duration::from_millis(100));
+        store.put(data(50_000, 5), options).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(
+            store
+                .finish_background_uploads(Duration::from_secs(20))
+                .await
+        );
+        assert!(started.elapsed() < Duration::from_millis(1400));
         net.shutdown().await.unwrap();
     }
 

@@ -163,6 +163,11 @@ pub fn run(cmd: DevnetCommand) -> anyhow::Result<()> {
                 nodes.len(),
                 devnet.ledger_path().display()
             );
+            // Nodes embedded in a `walrusfs mount` have no pid files; they answer all the same.
+            let embedded = devnet.embedded_owner();
+            if let Some(pid) = &embedded {
+                println!("nodes run inside walrusfs process {pid} (embedded network)");
+            }
             println!(
                 "{:<5} {:<8} {:<22} {:<12} health",
                 "node", "pid", "address", "shards"
@@ -175,9 +180,10 @@ pub fn run(cmd: DevnetCommand) -> anyhow::Result<()> {
                     .map(|m| shard_ranges(&m.shard_ids))
                     .unwrap_or_default();
                 let pid = n.running_pid();
-                let health = match pid {
-                    None => "stopped".to_string(),
-                    Some(_) => rt.block_on(async {
+                let health = if pid.is_none() && embedded.is_none() {
+                    "stopped".to_string()
+                } else {
+                    rt.block_on(async {
                         match devnet
                             .wait_healthy(n.index, Duration::from_millis(800))
                             .await
@@ -185,12 +191,14 @@ pub fn run(cmd: DevnetCommand) -> anyhow::Result<()> {
                             Ok(()) => "healthy".to_string(),
                             Err(_) => "not answering".to_string(),
                         }
-                    }),
+                    })
                 };
                 println!(
                     "{:<5} {:<8} {:<22} {:<12} {health}",
                     n.index,
-                    pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    pid.map(|p| p.to_string())
+                        .or_else(|| embedded.clone())
+                        .unwrap_or_else(|| "-".into()),
                     addr,
                     shards
                 );

@@ -1,0 +1,179 @@
+//! Shared harness for tests against a real FUSE mount: runs `walrusfs mount` (the real
+//! binary, embedded network included) on a temporary directory and tears it down.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_walrusfs");
+
+/// A running mount. Dropping it unmounts (lazily if needed) and stops the process.
+pub struct Mount {
+    pub data_dir: PathBuf,
+    pub mnt: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let want = mnt.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
+}
+
+impl Mount {
+    /// Mounts the drive in `data_dir` on `mnt` (both created if missing) with `extra` flags,
+    /// and waits until the mount is live.
+    pub fn start(data_dir: &Path, mnt: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(data_dir).unwrap();
+        std::fs::create_dir_all(mnt).unwrap();
+        let mnt = std::fs::canonicalize(mnt).unwrap();
+        let log = data_dir.join(format!(
+            "test-mount-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(EXE)
+            .arg("mount")
+            .arg(&mnt)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            data_dir: data_dir.to_path_buf(),
+            mnt: mnt.clone(),
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(&mnt) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("walrusfs mount exited ({status}):\n{}", m.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount not ready in 60 s:\n{}",
+                m.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Unmounts with `walrusfs umount` and waits for the process to finish its shutdown.
+    pub fn unmount(mut self) {
+        self.unmount_inner();
+    }
+
+    fn unmount_inner(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(EXE)
+                .arg("umount")
+                .arg(&self.mnt)
+                .output()
+                .unwrap();
+            if out.status.success() || !is_mounted(&self.mnt) {
+                break;
+            }
+            // Busy right after a close: the kernel may still be releasing files.
+            assert!(
+                Instant::now() < deadline,
+                "umount failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "mount exited with {status}:\n{}",
+                    self.log_text()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount process did not stop:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the mount process (no clean shutdown at all) and clears the dead mount.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new(EXE)
+                .arg("umount")
+                .arg("--lazy")
+                .arg(&self.mnt)
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads the drive's metadata database directly (read-only), for checks on uploads.
+pub fn pending_uploads(data_dir: &Path) -> u64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("drive").join("meta.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0))
+        .unwrap()
+}
