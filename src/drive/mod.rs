@@ -184,6 +184,8 @@ struct LiveData {
 
 struct Live {
     data: RwLock<LiveData>,
+    /// The file cache of a clean file, opened, with the generation it holds.
+    cache_file: Mutex<Option<(u64, Arc<File>)>>,
 }
 
 #[derive(Default)]
@@ -212,7 +214,15 @@ struct Inner {
     /// Last upload failure per inode (generation, message), reported to fsync.
     failures: Mutex<HashMap<Ino, (u64, String)>>,
     shutdown: watch::Sender<bool>,
+    /// Recently used extents, verified, so that readers going through an extent in small
+    /// reads do not re-read and re-hash it from disk each time.
+    hot: Mutex<lru::LruCache<[u8; 32], Arc<Vec<u8>>>>,
+    /// Extents being fetched, so that concurrent readers share one fetch.
+    inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Memory for verified extents kept hot.
+const HOT_EXTENT_BYTES: u64 = 64 << 20;
 
 /// The filesystem core. Cheap to clone; all clones are one drive.
 #[derive(Clone)]
@@ -249,6 +259,11 @@ impl Drive {
         let conn = meta::open(&dir.join("meta.db"), config.root_owner)?;
         let (progress, _) = watch::channel(0);
         let (shutdown, _) = watch::channel(false);
+        let hot_entries = usize::try_from(HOT_EXTENT_BYTES / config.extent_size.max(1))
+            .unwrap_or(usize::MAX)
+            .max(4);
+        let hot_entries =
+            std::num::NonZeroUsize::new(hot_entries).unwrap_or(std::num::NonZeroUsize::MIN);
         let drive = Drive {
             inner: Arc::new(Inner {
                 config,
@@ -265,6 +280,8 @@ impl Drive {
                 progress,
                 failures: Mutex::new(HashMap::new()),
                 shutdown,
+                hot: Mutex::new(lru::LruCache::new(hot_entries)),
+                inflight: Mutex::new(HashMap::new()),
             }),
         };
         drive.recover()?;
@@ -391,6 +408,7 @@ impl Drive {
             .get_or_insert_with(|| {
                 Arc::new(Live {
                     data: RwLock::new(LiveData::default()),
+                    cache_file: Mutex::new(None),
                 })
             })
             .clone()
@@ -872,6 +890,12 @@ impl Drive {
             if let Some(mode) = set.mode {
                 i.perm = mode & 0o7777;
                 changed = true;
+                // chmod rewrites the access ACL's owner, mask and other entries.
+                if let Some(a) = meta::get_xattr(tx, ino, acl::ACCESS)?
+                    && let Some(a) = acl::chmod(&a, i.perm)
+                {
+                    meta::set_xattr(tx, ino, acl::ACCESS, &a)?;
+                }
             }
             if let Some(uid) = set.uid {
                 i.uid = uid;
@@ -1006,8 +1030,30 @@ impl Drive {
         Ok(i)
     }
 
-    /// Reads an extent from the extent cache or the network, verified against its hash.
-    async fn extent_bytes(&self, ino: Ino, e: &Extent) -> FsResult<Vec<u8>> {
+    /// An extent's bytes, verified against its hash: from memory, the extent cache or the
+    /// network. Concurrent readers of one extent share one fetch.
+    async fn extent_bytes(&self, ino: Ino, e: &Extent) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(b) = lock(&self.inner.hot).get(&e.hash).cloned() {
+            return Ok(b);
+        }
+        let gate = lock(&self.inner.inflight)
+            .entry(e.hash)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let guard = gate.lock().await;
+        if let Some(b) = lock(&self.inner.hot).get(&e.hash).cloned() {
+            return Ok(b);
+        }
+        let result = self.load_extent(ino, e).await.map(Arc::new);
+        if let Ok(b) = &result {
+            lock(&self.inner.hot).put(e.hash, b.clone());
+        }
+        drop(guard);
+        lock(&self.inner.inflight).remove(&e.hash);
+        result
+    }
+
+    async fn load_extent(&self, ino: Ino, e: &Extent) -> FsResult<Vec<u8>> {
         let path = self.extent_cache_path(&e.hash);
         if let Ok(bytes) = fs::read(&path) {
             if bytes.len() as u64 == e.len && *blake3::hash(&bytes).as_bytes() == e.hash {
@@ -1067,8 +1113,16 @@ impl Drive {
             };
             return self.pread(&file, ino, offset, buf).await;
         }
-        let cached = self.file_cache_path(ino, i.uploaded_gen);
-        if let Ok(f) = File::open(&cached) {
+        let open = lock(&live.cache_file)
+            .as_ref()
+            .filter(|(g, _)| *g == i.uploaded_gen)
+            .map(|(_, f)| f.clone());
+        let open = open.or_else(|| {
+            let f = Arc::new(File::open(self.file_cache_path(ino, i.uploaded_gen)).ok()?);
+            *lock(&live.cache_file) = Some((i.uploaded_gen, f.clone()));
+            Some(f)
+        });
+        if let Some(f) = open {
             return self.pread(&f, ino, offset, buf).await;
         }
         let extents = self.read_db(|c| meta::extents(c, ino))?;
@@ -1359,7 +1413,14 @@ impl Drive {
         if i.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        Ok(self.inner.next_fh.fetch_add(1, Ordering::Relaxed))
+        // Counted as an open: a directory removed while open lives on (nlink 0) until its
+        // last handle is released, as an unlinked open file does.
+        Ok(self.open_handle(ino, libc::O_RDONLY))
+    }
+
+    /// Closes a handle from [`Drive::opendir`].
+    pub async fn releasedir(&self, fh: u64) -> FsResult<()> {
+        self.release(fh).await
     }
 
     /// Up to `limit` entries after `offset` (0 starts at the beginning; each entry's
@@ -1464,7 +1525,21 @@ impl Drive {
                 XattrMode::Replace if !exists => return Err(FsError::NoAttr),
                 _ => {}
             }
-            meta::set_xattr(tx, ino, name, value)?;
+            if name == acl::ACCESS {
+                // With FUSE_POSIX_ACL the filesystem keeps mode and access ACL in step: the
+                // permission bits are the ACL's owner, mask (or group) and other entries, and
+                // an ACL that says no more than the mode is not kept (as ext4 does).
+                let (bits, minimal) = acl::mode_of(value)
+                    .ok_or(FsError::Invalid("POSIX ACL lacks a required entry"))?;
+                i.perm = (i.perm & !0o777) | bits;
+                if minimal {
+                    meta::remove_xattr(tx, ino, name)?;
+                } else {
+                    meta::set_xattr(tx, ino, name, value)?;
+                }
+            } else {
+                meta::set_xattr(tx, ino, name, value)?;
+            }
             i.ctime = Time::now();
             meta::put_inode(tx, &i)
         })
