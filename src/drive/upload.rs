@@ -33,6 +33,12 @@ struct Piece {
     extents: Vec<(Extent, usize)>,
 }
 
+/// How often the uploader looks for blobs near their end epoch.
+const RENEW_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Blobs whose storage ends within this many epochs are extended.
+const RENEW_MARGIN: u64 = 2;
+
 /// Blob IDs are not known until a blob is stored; extents point at this until then.
 const UNSET: BlobId = BlobId([0; 32]);
 
@@ -46,6 +52,8 @@ impl Drive {
     pub(super) async fn upload_loop(self) {
         let mut shutdown = self.inner.shutdown.subscribe();
         let mut backoff = Duration::from_millis(250);
+        // Renew at once after a start: the drive may have been unmounted for a while.
+        let mut last_renewal = std::time::Instant::now() - RENEW_INTERVAL;
         loop {
             if *shutdown.borrow_and_update() {
                 break;
@@ -68,6 +76,12 @@ impl Drive {
             }
             if let Err(e) = self.collect_garbage().await {
                 debug!(error = %e, "deleting unreferenced blobs failed; will retry");
+            }
+            if last_renewal.elapsed() >= RENEW_INTERVAL {
+                last_renewal = std::time::Instant::now();
+                if let Err(e) = self.renew_blobs().await {
+                    warn!(error = %e, "extending blobs near their end epoch failed; will retry");
+                }
             }
             tokio::select! {
                 () = self.inner.upload_wake.notified() => {
@@ -117,7 +131,10 @@ impl Drive {
         match self.upload_batch(batch, max).await {
             Ok(()) => Ok(true),
             Err(e) => {
-                if !e.is_routine() {
+                // Transient failures (too few nodes now, a busy ledger) are retried with
+                // backoff and an fsync keeps waiting for them; others are reported to it.
+                let transient = matches!(&e, FsError::Store(s) if s.is_transient());
+                if !e.is_routine() && !transient {
                     let msg = e.to_string();
                     let mut failures = lock(&self.inner.failures);
                     for ino in inos {
@@ -377,6 +394,53 @@ impl Drive {
                 } else {
                     meta::forget_blob(tx, &blob_id)
                 }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drive {
+    /// Extends every referenced blob whose storage ends within [`RENEW_MARGIN`] epochs, so
+    /// that nothing a file references expires while the drive is mounted. A referenced blob
+    /// already expired is reported loudly: the files using it cannot be read any more.
+    async fn renew_blobs(&self) -> FsResult<()> {
+        let epoch = self.inner.store.current_epoch().await?;
+        let due: Vec<(BlobId, u64)> = self.read_db(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT b.blob_id, b.end_epoch FROM blobs b
+                 WHERE b.end_epoch <= ?1 AND b.owner IS NULL
+                   AND EXISTS (SELECT 1 FROM extents e WHERE e.blob_id = b.blob_id)",
+            )?;
+            let rows = stmt.query_map([epoch + RENEW_MARGIN], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                Ok((id, r.get::<_, u64>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, end) = row?;
+                if let Ok(id) = <[u8; 32]>::try_from(id) {
+                    out.push((BlobId(id), end));
+                }
+            }
+            Ok(out)
+        })?;
+        for (blob_id, end) in due {
+            if end <= epoch {
+                warn!(%blob_id, end_epoch = end, epoch, "a blob holding file data has expired; \
+                    the files using it can no longer be read from the network");
+                continue;
+            }
+            let new_end = self
+                .inner
+                .store
+                .extend(blob_id, self.inner.config.epochs)
+                .await?;
+            info!(%blob_id, end_epoch = new_end, "blob extended");
+            self.txn(|tx| {
+                tx.prepare_cached("UPDATE blobs SET end_epoch = ?2 WHERE blob_id = ?1")?
+                    .execute(rusqlite::params![&blob_id.0[..], new_end])?;
+                Ok(())
             })?;
         }
         Ok(())
