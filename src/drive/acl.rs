@@ -59,6 +59,44 @@ pub fn is_valid(value: &[u8]) -> bool {
     })
 }
 
+/// The permission bits (0o777) an access ACL stands for: owner from `USER_OBJ`, group from
+/// `MASK` (or `GROUP_OBJ` without one), other from `OTHER`; and whether the ACL says no more
+/// than those bits (no named entries, no mask), so that the mode alone can hold it.
+/// `None` if it lacks one of the three required entries.
+pub fn mode_of(value: &[u8]) -> Option<(u32, bool)> {
+    let entries = parse(value)?;
+    let find = |tag| {
+        entries
+            .iter()
+            .find(|e| e.tag == tag)
+            .map(|e| u32::from(e.perm & 7))
+    };
+    let user = find(USER_OBJ)?;
+    let other = find(OTHER)?;
+    let group = find(MASK).or_else(|| find(GROUP_OBJ))?;
+    let minimal = entries
+        .iter()
+        .all(|e| matches!(e.tag, USER_OBJ | GROUP_OBJ | OTHER));
+    Some(((user << 6) | (group << 3) | other, minimal))
+}
+
+/// An access ACL after a chmod to `perm` (the kernel's `posix_acl_chmod`): the owner, mask (or
+/// owning group without a mask) and other entries take the new bits. `None` if malformed.
+pub fn chmod(value: &[u8], perm: u32) -> Option<Vec<u8>> {
+    let mut entries = parse(value)?;
+    let has_mask = entries.iter().any(|e| e.tag == MASK);
+    for e in &mut entries {
+        match e.tag {
+            USER_OBJ => e.perm = ((perm >> 6) & 7) as u16,
+            MASK => e.perm = ((perm >> 3) & 7) as u16,
+            GROUP_OBJ if !has_mask => e.perm = ((perm >> 3) & 7) as u16,
+            OTHER => e.perm = (perm & 7) as u16,
+            _ => {}
+        }
+    }
+    Some(serialize(&entries))
+}
+
 /// What a new inode gets from its directory's default ACL (`None` if the directory has
 /// none): its mode (permission bits masked by the ACL), its access ACL (unless the ACL says
 /// no more than the mode), and, for directories, the default ACL to carry on.
@@ -153,6 +191,30 @@ mod tests {
             }
         );
         assert!(is_valid(got.access.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn access_acl_and_mode_follow_each_other() {
+        let minimal = acl(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 4, 0), (OTHER, 4, 0)]);
+        assert_eq!(mode_of(&minimal), Some((0o644, true)));
+        let named = acl(&[
+            (USER_OBJ, 6, 0),
+            (USER, 4, 65534),
+            (GROUP_OBJ, 0, 0),
+            (MASK, 4, 0),
+            (OTHER, 0, 0),
+        ]);
+        assert_eq!(mode_of(&named), Some((0o640, false)));
+        let after = chmod(&named, 0o600).unwrap();
+        assert_eq!(mode_of(&after), Some((0o600, false)));
+        let entries = parse(&after).unwrap();
+        assert_eq!(entries[1].perm, 4, "named entries keep their bits");
+        assert_eq!(entries[2].perm, 0, "the owning group is not the mask");
+        assert_eq!(
+            mode_of(&chmod(&minimal, 0o751).unwrap()),
+            Some((0o751, true))
+        );
+        assert_eq!(mode_of(&acl(&[(USER_OBJ, 7, 0)])), None);
     }
 
     #[test]
