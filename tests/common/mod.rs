@@ -95,9 +95,9 @@ impl Mount {
     }
 
     fn unmount_inner(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        if self.child.is_none() {
             return;
-        };
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new(EXE)
@@ -108,7 +108,8 @@ impl Mount {
             if out.status.success() || !is_mounted(&self.mnt) {
                 break;
             }
-            // Busy right after a close: the kernel may still be releasing files.
+            // Busy right after a close: the kernel may still be releasing files. On failure
+            // the child stays in `self`, so Drop still stops it.
             assert!(
                 Instant::now() < deadline,
                 "umount failed: {}",
@@ -118,7 +119,9 @@ impl Mount {
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            let child = self.child.as_mut().unwrap();
             if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
                 assert!(
                     status.success(),
                     "mount exited with {status}:\n{}",
