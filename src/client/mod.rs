@@ -57,6 +57,7 @@ pub struct Client {
     ledger: Arc<dyn Ledger>,
     http: reqwest::Client,
     config: ClientConfig,
+    cache: Arc<read::ReadCache>,
 }
 
 impl Client {
@@ -70,6 +71,7 @@ impl Client {
             ledger,
             http,
             config,
+            cache: Arc::new(read::ReadCache::default()),
         })
     }
 

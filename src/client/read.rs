@@ -27,6 +27,34 @@ pub struct ReadStats {
     pub failures: Vec<String>,
 }
 
+/// What reads keep between calls: verified metadata (one round trip and a Merkle check saved
+/// per read of a known blob) and the last verified primary slivers (a reader going through a
+/// blob in ranges smaller than a sliver would otherwise fetch and verify each sliver again for
+/// every range it overlaps). Both are immutable for a blob ID, so they never go stale.
+pub(super) struct ReadCache {
+    metadata: std::sync::Mutex<lru::LruCache<BlobId, Arc<BlobMetadataWithId>>>,
+    slivers: std::sync::Mutex<lru::LruCache<(BlobId, u16), Arc<Sliver>>>,
+}
+
+/// Verified metadata kept: at most 4096 × 64 bytes each (n = 4096).
+const METADATA_CACHE_ENTRIES: usize = 64;
+/// Verified primary slivers kept: a few MB each at the devnet's 100 shards.
+const SLIVER_CACHE_ENTRIES: usize = 16;
+
+impl Default for ReadCache {
+    fn default() -> Self {
+        let n = |v: usize| std::num::NonZeroUsize::new(v).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            metadata: std::sync::Mutex::new(lru::LruCache::new(n(METADATA_CACHE_ENTRIES))),
+            slivers: std::sync::Mutex::new(lru::LruCache::new(n(SLIVER_CACHE_ENTRIES))),
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 type Fetch = std::pin::Pin<Box<dyn Future<Output = (u16, Result<Sliver, NodeError>)> + Send>>;
 type MetadataFetch =
     std::pin::Pin<Box<dyn Future<Output = (String, Result<BlobMetadataWithId, NodeError>)> + Send>>;
@@ -183,8 +211,16 @@ impl Client {
         let committee = self.committee().await?;
         let config = EncodingConfig::new(committee.n_shards())?;
         debug!(elapsed = ?t0.elapsed(), "ledger: certified, committee read");
-        let metadata = Arc::new(self.fetch_metadata(&committee, &config, blob_id).await?);
-        debug!(elapsed = ?t0.elapsed(), "metadata fetched and verified");
+        let cached = lock(&self.cache.metadata).get(&blob_id).cloned();
+        let metadata = match cached {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(self.fetch_metadata(&committee, &config, blob_id).await?);
+                lock(&self.cache.metadata).put(blob_id, m.clone());
+                m
+            }
+        };
+        debug!(elapsed = ?t0.elapsed(), "metadata verified");
         let len = metadata.metadata.unencoded_length();
         let range = range.unwrap_or(0..len);
         let needed = config.primary_slivers_for_range(len, range.clone())?;
@@ -195,15 +231,24 @@ impl Client {
         let k = usize::from(config.n_primary_source_symbols());
         let n = committee.n_shards();
         let wanted: HashSet<u16> = needed.iter().map(|r| r.sliver).collect();
+        let mut got: BTreeMap<u16, Arc<Sliver>> = BTreeMap::new();
+        {
+            let mut cache = lock(&self.cache.slivers);
+            for &p in &wanted {
+                if let Some(s) = cache.get(&(blob_id, p)) {
+                    got.insert(p, s.clone());
+                }
+            }
+        }
 
         let mut pending: FuturesUnordered<Fetch> = wanted
             .iter()
+            .filter(|p| !got.contains_key(p))
             .map(|&p| self.fetch_sliver(&committee, config, metadata.clone(), p))
             .collect();
         // Further slivers to decode from if the wanted ones do not all arrive in time:
         // systematic ones first (each is a row that needs no computing), then recovery ones.
         let mut spare: VecDeque<u16> = (0..n).filter(|p| !wanted.contains(p)).collect();
-        let mut got: BTreeMap<u16, Sliver> = BTreeMap::new();
         let mut failed = 0usize;
         let mut fallback = false;
         let start = Instant::now();
@@ -225,7 +270,10 @@ impl Client {
                     slivers = got.len(),
                     "decoding the blob from primary slivers"
                 );
-                let slivers: Vec<Sliver> = got.into_values().collect();
+                let slivers: Vec<Sliver> = got
+                    .into_values()
+                    .map(|s| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone()))
+                    .collect();
                 stats.slivers_verified = slivers.len();
                 stats.decoded = true;
                 let md = metadata.clone();
@@ -261,6 +309,10 @@ impl Client {
                         if got.is_empty() && !fallback {
                             // Hedge once the wanted slivers take twice as long as the first one.
                             hedge_at = Instant::now().max(start + 2 * start.elapsed()).max(start + self.config.hedge_floor);
+                        }
+                        let sliver = Arc::new(sliver);
+                        if wanted.contains(&pair) {
+                            lock(&self.cache.slivers).put((blob_id, pair), sliver.clone());
                         }
                         got.insert(pair, sliver);
                     }
