@@ -1,10 +1,12 @@
 pub mod blobstore;
 pub mod cli;
 pub mod client;
+pub mod control;
 pub mod devnet;
 pub mod drive;
 pub mod encoding;
 pub mod fuse;
 pub mod ledger;
+pub mod metrics;
 pub mod node;
 pub mod protocol;

@@ -266,6 +266,13 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                 fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let len = data.len();
             let rt = runtime()?;
+            let spinner = (len as u64 >= super::progress::LARGE).then(|| {
+                super::progress::spinner(format!(
+                    "storing {} ({}): encoding, uploading to the storage nodes, certifying",
+                    file.display(),
+                    indicatif::HumanBytes(len as u64)
+                ))
+            });
             let outcome = rt.block_on(async {
                 let max = client.encoding_config().await?.max_blob_size();
                 if len as u64 > max {
@@ -292,7 +299,11 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                 let grace = started.elapsed().max(std::time::Duration::from_secs(2));
                 let _ = tokio::time::timeout(grace, futures::future::join_all(stragglers)).await;
                 Ok(outcome)
-            })?;
+            });
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            let outcome = outcome?;
             if outcome.already_certified {
                 writeln!(
                     out,
@@ -322,8 +333,12 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
             network,
         } => {
             let client = network.client()?;
-            let (data, stats) =
-                runtime()?.block_on(client.read(blob_id, range.map(|(a, b)| a..b + 1)))?;
+            let spinner = super::progress::spinner(format!(
+                "reading blob {blob_id}: fetching and verifying slivers"
+            ));
+            let read = runtime()?.block_on(client.read(blob_id, range.map(|(a, b)| a..b + 1)));
+            spinner.finish_and_clear();
+            let (data, stats) = read?;
             if output.as_os_str() == "-" {
                 out.write_all(&data)?;
             } else {

@@ -134,10 +134,13 @@ pub fn run(cmd: DevnetCommand) -> anyhow::Result<()> {
                 devnet.start_node(i)?;
             }
             let rt = runtime()?;
+            let pb = super::progress::bar(nodes as u64, "starting storage nodes");
             rt.block_on(async {
                 for i in 0..nodes {
                     devnet.wait_healthy(i, Duration::from_secs(20)).await?;
+                    pb.inc(1);
                 }
+                pb.finish_and_clear();
                 Ok::<_, anyhow::Error>(())
             })?;
             println!(

@@ -1,7 +1,9 @@
 //! `walrusfs mount` and `walrusfs umount`.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -12,20 +14,29 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
+use super::config::{ByteSize, Config, DEFAULT_EPOCHS, DEFAULT_MAX_PACK, DEFAULT_UPLOAD_GRACE};
+use super::notify::notify;
 use crate::blobstore::{BlobStore, WalrusStore};
 use crate::client::{Client, ClientConfig};
+use crate::control::{ControlServer, MountContext, NetworkSource};
 use crate::devnet::{DevnetParams, EmbeddedNetwork, NetworkFile};
 use crate::drive::{Drive, DriveConfig};
 use crate::fuse::WalrusFuse;
+use crate::metrics::{Metrics, MetricsServer};
 
 /// Environment variable through which `--daemon` hands the child the pipe it reports
 /// readiness on.
 const READY_FD_ENV: &str = "WALRUSFS_READY_FD";
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct MountArgs {
     /// Where to mount the drive (an existing, empty directory).
     pub mountpoint: PathBuf,
+    /// Read settings from this TOML file (every key is optional; flags given here win)
+    /// [default: $XDG_CONFIG_HOME/walrusfs/config.toml, or ~/.config/walrusfs/config.toml,
+    /// if it exists]. The README's "Configuration" section lists the keys.
+    #[arg(long, value_name = "FILE", env = "WALRUSFS_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Where the drive keeps its metadata, staged writes, cache and (without --network) its
     /// embedded network [default: $XDG_DATA_HOME/walrusfs, or ~/.local/share/walrusfs].
     #[arg(long, value_name = "DIR")]
@@ -45,17 +56,124 @@ pub struct MountArgs {
     /// does (slower; for tools that never fsync).
     #[arg(long)]
     pub sync_on_close: bool,
-    /// Epochs each blob is stored for.
-    #[arg(long, default_value_t = 5, value_name = "N")]
-    pub epochs: u32,
+    /// Epochs each blob is stored for, 1 to 1000 [default: 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub epochs: Option<u32>,
     /// Let other users access the drive (root mounts always allow it, with the kernel
     /// checking permissions).
     #[arg(long)]
     pub allow_other: bool,
     /// On unmount, wait up to this many seconds for pending uploads before stopping (what
-    /// is left stays queued and resumes at the next mount).
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    pub upload_grace: u64,
+    /// is left stays queued and resumes at the next mount) [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub upload_grace: Option<u64>,
+    /// Largest blob files are packed into, e.g. 64MiB (the network's limit applies too)
+    /// [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub max_pack: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) at /metrics
+    /// [default: no metrics].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
+impl MountArgs {
+    pub fn new(mountpoint: PathBuf) -> Self {
+        Self {
+            mountpoint,
+            ..Default::default()
+        }
+    }
+
+    /// The command line that runs this mount in the foreground (`--daemon` left out).
+    fn to_argv(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["mount".into(), self.mountpoint.clone().into()];
+        let mut opt = |flag: &str, value: Option<OsString>| {
+            if let Some(value) = value {
+                v.push(flag.into());
+                v.push(value);
+            }
+        };
+        opt("--config", self.config.clone().map(Into::into));
+        opt("--data-dir", self.data_dir.clone().map(Into::into));
+        opt("--network", self.network.clone().map(Into::into));
+        opt("--epochs", self.epochs.map(|e| e.to_string().into()));
+        opt(
+            "--upload-grace",
+            self.upload_grace.map(|e| e.to_string().into()),
+        );
+        opt("--max-pack", self.max_pack.clone().map(Into::into));
+        opt("--metrics-addr", self.metrics_addr.clone().map(Into::into));
+        for (on, flag) in [
+            (self.read_only, "--read-only"),
+            (self.sync_on_close, "--sync-on-close"),
+            (self.allow_other, "--allow-other"),
+        ] {
+            if on {
+                v.push(flag.into());
+            }
+        }
+        v
+    }
+}
+
+/// What a mount runs with: flags over the config file over defaults.
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    mountpoint: PathBuf,
+    data_dir: PathBuf,
+    network: Option<PathBuf>,
+    read_only: bool,
+    sync_on_close: bool,
+    allow_other: bool,
+    epochs: u32,
+    upload_grace: u64,
+    max_pack: u64,
+    metrics_addr: Option<SocketAddr>,
+    log: Option<String>,
+}
+
+fn settings(args: &MountArgs, config: &Config) -> anyhow::Result<Settings> {
+    let f = &config.file;
+    let max_pack = match &args.max_pack {
+        Some(s) => {
+            let b = ByteSize::parse(s)
+                .map_err(|e| anyhow::anyhow!("--max-pack: {e}"))?
+                .0;
+            if !((64 << 10)..=(16 << 30)).contains(&b) {
+                bail!("--max-pack {s}: use 64KiB to 16GiB");
+            }
+            b
+        }
+        None => f.max_pack.map_or(DEFAULT_MAX_PACK, |b| b.0),
+    };
+    let metrics_addr = match &args.metrics_addr {
+        Some(a) if a.is_empty() => None,
+        Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!("--metrics-addr {a}: use IP:PORT such as 127.0.0.1:9464")
+        })?),
+        None => config.metrics_addr,
+    };
+    Ok(Settings {
+        mountpoint: args.mountpoint.clone(),
+        data_dir: args
+            .data_dir
+            .clone()
+            .or_else(|| f.data_dir.clone())
+            .unwrap_or_else(default_data_dir),
+        network: args.network.clone().or_else(|| f.network.clone()),
+        read_only: args.read_only || f.read_only.unwrap_or(false),
+        sync_on_close: args.sync_on_close || f.sync_on_close.unwrap_or(false),
+        allow_other: args.allow_other || f.allow_other.unwrap_or(false),
+        epochs: args.epochs.or(f.epochs).unwrap_or(DEFAULT_EPOCHS),
+        upload_grace: args
+            .upload_grace
+            .or(f.upload_grace)
+            .unwrap_or(DEFAULT_UPLOAD_GRACE),
+        max_pack,
+        metrics_addr,
+        log: f.log.clone(),
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,8 +195,14 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let settings = settings(&args, &config)?;
+    super::logging::init(settings.log.as_deref());
+    if let Some(path) = &config.path {
+        info!(config = %path.display(), "configuration loaded");
+    }
     if args.daemon {
-        return daemonize(&args);
+        return daemonize(&args, &settings);
     }
     let ready = std::env::var(READY_FD_ENV)
         .ok()
@@ -87,21 +211,21 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     // SAFETY: removing our own environment variable before any thread reads it.
     unsafe { std::env::remove_var(READY_FD_ENV) };
-    serve(&args, ready)
+    serve(&settings, ready)
 }
 
-/// Starts this program again without `--daemon`, detached, and waits for it to report that
-/// the mount is ready (or why it is not).
-fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    fs::create_dir_all(&data_dir)
+/// Starts this program again in the foreground (the same mount without `--daemon`),
+/// detached, and waits for it to report that the mount is ready (or why it is not).
+fn daemonize(args: &MountArgs, settings: &Settings) -> anyhow::Result<()> {
+    let data_dir = &settings.data_dir;
+    fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let log_path = data_dir.join("mount.log");
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+        .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -111,13 +235,9 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
     let (read_end, write_end) =
         unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let exe = std::env::current_exe().context("cannot find the walrusfs executable")?;
-    let argv: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--daemon")
-        .collect();
     let child_fd = write_end.as_raw_fd();
     let mut cmd = Command::new(exe);
-    cmd.args(&argv)
+    cmd.args(args.to_argv())
         .env(READY_FD_ENV, child_fd.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -139,7 +259,7 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
     if answer.starts_with("ready") {
         println!(
             "walrusfs: {} mounted (pid {}; logs in {})",
-            args.mountpoint.display(),
+            settings.mountpoint.display(),
             child.id(),
             log_path.display()
         );
@@ -156,18 +276,25 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
 }
 
 /// Mounts, serves until unmounted, then stops cleanly.
-fn serve(args: &MountArgs, ready: Option<OwnedFd>) -> anyhow::Result<()> {
+fn serve(settings: &Settings, ready: Option<OwnedFd>) -> anyhow::Result<()> {
     let mut ready = ready.map(File::from);
-    let result = serve_inner(args, &mut ready);
+    let result = serve_inner(settings, &mut ready);
     if let (Err(e), Some(f)) = (&result, ready.as_mut()) {
         let _ = writeln!(f, "{e:#}");
     }
     result
 }
 
-fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()> {
+fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> {
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let data_dir = fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
     let drive_dir = data_dir.join("drive");
     fs::create_dir_all(&drive_dir)
         .with_context(|| format!("cannot create {}", drive_dir.display()))?;
@@ -178,7 +305,7 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
         .build()
         .context("cannot start the async runtime")?;
 
-    let (store, network) = rt.block_on(async {
+    let (store, network, source) = rt.block_on(async {
         match &args.network {
             Some(path) => {
                 let network = NetworkFile::load(path)?;
@@ -186,7 +313,8 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
                     format!("cannot open the ledger named in {}", path.display())
                 })?;
                 let client = Client::new(ledger, ClientConfig::default())?;
-                anyhow::Ok((Arc::new(WalrusStore::new(client)), None))
+                let source = NetworkSource::File { path: path.clone() };
+                anyhow::Ok((Arc::new(WalrusStore::new(client)), None, source))
             }
             None => {
                 let dir = data_dir.join("devnet");
@@ -197,7 +325,11 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
                             format!("cannot start the embedded network in {}", dir.display())
                         })?;
                 let store = Arc::new(WalrusStore::new(network.client().clone()));
-                Ok((store, Some(network)))
+                Ok((
+                    store,
+                    Some(Arc::new(network)),
+                    NetworkSource::Embedded { dir },
+                ))
             }
         }
     })?;
@@ -205,12 +337,35 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
     config.read_only = args.read_only;
     config.sync_on_close = args.sync_on_close;
     config.epochs = args.epochs;
+    config.max_pack = args.max_pack;
     let drive = rt
         .block_on(Drive::start(config, store.clone() as Arc<dyn BlobStore>))
         .with_context(|| format!("cannot open the drive in {}", drive_dir.display()))?;
 
+    let ctx = Arc::new(MountContext {
+        drive: drive.clone(),
+        mountpoint: mountpoint.clone(),
+        data_dir: data_dir.clone(),
+        network: source,
+        embedded: network.clone(),
+        started: std::time::Instant::now(),
+    });
+    let control = {
+        let _guard = rt.enter();
+        ControlServer::start(ctx.clone())?
+    };
+    let mut fs_impl = WalrusFuse::new(drive.clone(), rt.handle().clone());
+    let metrics_server = match args.metrics_addr {
+        Some(addr) => {
+            let metrics = Arc::new(Metrics::new());
+            fs_impl = fs_impl.with_hook(metrics.clone());
+            Some(rt.block_on(MetricsServer::start(addr, metrics, ctx.clone()))?)
+        }
+        None => None,
+    };
+
     let mut options = vec![
-        fuser::MountOption::FSName("walrusfs".into()),
+        fuser::MountOption::FSName(crate::control::fsname_for(&data_dir)),
         fuser::MountOption::Subtype("walrusfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoDev,
@@ -234,19 +389,37 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
     };
     fuse_config.n_threads = Some(4);
     fuse_config.clone_fd = true;
-    let fs = WalrusFuse::new(drive.clone(), rt.handle().clone());
-    let mut session = fuser::Session::new(fs, &mountpoint, &fuse_config).with_context(|| {
+    let mut session = fuser::Session::new(fs_impl, &mountpoint, &fuse_config).with_context(|| {
         format!(
             "cannot mount on {} (is /dev/fuse available and fuse3 installed? for --allow-other, \
              /etc/fuse.conf needs user_allow_other)",
             mountpoint.display()
         )
     })?;
-    info!(mountpoint = %mountpoint.display(), "mounted");
+    info!(
+        mountpoint = %mountpoint.display(),
+        data_dir = %data_dir.display(),
+        control = %control.socket().display(),
+        "mounted"
+    );
+    // Signal handlers go in before anyone is told the mount is ready, so that a stop right
+    // after READY=1 unmounts cleanly instead of killing the process.
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
     if let Some(mut f) = ready.take() {
         let _ = writeln!(f, "ready");
     }
-    notify_systemd("READY=1");
+    notify(&format!(
+        "READY=1\nSTATUS=serving {} (data in {})",
+        mountpoint.display(),
+        data_dir.display()
+    ));
     eprintln!(
         "walrusfs: {} mounted; stop with Ctrl-C or `walrusfs umount {}`",
         mountpoint.display(),
@@ -255,11 +428,8 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
 
     let mut unmounter = session.unmount_callable();
     rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            warn!("cannot listen for SIGINT and SIGTERM; stop with `walrusfs umount`");
             return;
         };
         tokio::select! {
@@ -272,8 +442,14 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
         }
     });
     let served = session.run();
-    notify_systemd("STOPPING=1");
     let (files, bytes, _) = drive.pending().unwrap_or((0, 0, None));
+    // Tell systemd how long the stop may take: the grace for uploads plus time to stop
+    // the network, whatever TimeoutStopSec says.
+    notify(&format!(
+        "STOPPING=1\nSTATUS=unmounted; waiting up to {} s for {files} pending upload(s)\nEXTEND_TIMEOUT_USEC={}",
+        args.upload_grace,
+        (args.upload_grace + 30) * 1_000_000
+    ));
     if files > 0 {
         eprintln!(
             "walrusfs: unmounted; waiting up to {} s for {files} pending upload(s) ({bytes} bytes)",
@@ -285,13 +461,26 @@ fn serve_inner(args: &MountArgs, ready: &mut Option<File>) -> anyhow::Result<()>
         store
             .finish_background_uploads(Duration::from_secs(5))
             .await;
+        control.stop().await;
+        if let Some(m) = metrics_server {
+            m.stop().await;
+        }
+        drop(ctx);
         if let Some(n) = network {
-            let _ = n.shutdown().await;
+            match Arc::try_unwrap(n) {
+                Ok(n) => {
+                    let _ = n.shutdown().await;
+                }
+                Err(_) => warn!("the embedded network is still in use; stopping it abruptly"),
+            }
         }
     });
     let (files, _, _) = drive.pending().unwrap_or((0, 0, None));
     if files > 0 {
-        eprintln!("walrusfs: {files} upload(s) still pending; they resume at the next mount");
+        eprintln!(
+            "walrusfs: {files} upload(s) still pending; they stay in {} and resume at the next mount",
+            drive_dir.display()
+        );
     }
     served.with_context(|| format!("serving {} failed", mountpoint.display()))
 }
@@ -334,28 +523,6 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
         );
     }
     Ok(f)
-}
-
-/// Sends a state line to systemd when run as a `Type=notify` service.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = result {
-        warn!(error = %e, "cannot notify systemd");
-    }
 }
 
 fn unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {

@@ -13,14 +13,40 @@ pub struct NodeArgs {
     pub config: PathBuf,
 }
 
-/// Runs the node until Ctrl-C or SIGTERM.
+/// Runs the node until Ctrl-C or SIGTERM. Under systemd (`Type=notify`) it reports
+/// `READY=1` once it accepts connections and `STOPPING=1` when it stops.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let config = NodeConfig::load(&args.config)?;
+    // Through a symlink (/etc/walrusfs/node-0.toml -> DIR/nodes/0/node.toml), relative
+    // paths in the file are relative to the file it points to.
+    let path = std::fs::canonicalize(&args.config).unwrap_or_else(|_| args.config.clone());
+    let config = NodeConfig::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(crate::node::run(config, shutdown_signal()))?;
+    // `run` polls the shutdown future only once the node listens: that is when it is ready.
+    // Signal handlers are installed before READY=1, so a stop right after it is caught.
+    let lifecycle = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                super::notify::notify("READY=1");
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                super::notify::notify("READY=1");
+                shutdown_signal().await;
+            }
+        }
+        super::notify::notify("STOPPING=1");
+    };
+    runtime.block_on(crate::node::run(config, lifecycle))?;
     Ok(())
 }
 

@@ -21,8 +21,10 @@
 //! other way round; per-inode data locks (`Live::data`) are taken before either.
 
 mod acl;
+mod cache;
 mod error;
 pub mod meta;
+mod stats;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
@@ -39,8 +41,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{Notify, RwLock, watch};
 use tracing::{debug, info, warn};
 
+pub use cache::CacheCounts;
 pub use error::{FsError, FsResult};
 pub use meta::{Ino, Inode, Kind, ROOT, Time, Totals};
+pub use stats::{Expiring, ReadCounts};
 
 use crate::blobstore::BlobStore;
 use error::io_err;
@@ -73,6 +77,12 @@ pub struct DriveConfig {
     pub pack_linger: Duration,
     /// Owner of the root directory of a new drive.
     pub root_owner: (u32, u32),
+    /// Bytes `cache/` may take on the local disk (LRU eviction); `None`: a tenth of the
+    /// local filesystem, at most 8 GiB (`cache.rs`). Staging files are not part of it.
+    pub cache_budget: Option<u64>,
+    /// Memory for extents being fetched ahead of sequential readers, all readers together;
+    /// 0 turns prefetching off.
+    pub prefetch_budget: u64,
 }
 
 impl DriveConfig {
@@ -87,6 +97,8 @@ impl DriveConfig {
             pack_linger: Duration::from_millis(100),
             // SAFETY: getuid/getgid cannot fail.
             root_owner: unsafe { (libc::getuid(), libc::getgid()) },
+            cache_budget: None,
+            prefetch_budget: cache::DEFAULT_PREFETCH_BUDGET,
         }
     }
 }
@@ -214,11 +226,17 @@ struct Inner {
     /// Last upload failure per inode (generation, message), reported to fsync.
     failures: Mutex<HashMap<Ino, (u64, String)>>,
     shutdown: watch::Sender<bool>,
+    /// Where reads were served from, bytes read and written (`stats.rs`).
+    counters: stats::Counters,
     /// Recently used extents, verified, so that readers going through an extent in small
     /// reads do not re-read and re-hash it from disk each time.
     hot: Mutex<lru::LruCache<[u8; 32], Arc<Vec<u8>>>>,
     /// Extents being fetched, so that concurrent readers share one fetch.
     inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    /// The byte budget of `cache/` (`cache.rs`).
+    cache: cache::DiskCache,
+    /// Fetches ahead of sequential readers (`cache.rs`).
+    prefetch: cache::Prefetcher,
 }
 
 /// Memory for verified extents kept hot.
@@ -264,6 +282,10 @@ impl Drive {
             .max(4);
         let hot_entries =
             std::num::NonZeroUsize::new(hot_entries).unwrap_or(std::num::NonZeroUsize::MIN);
+        let cache_budget = config
+            .cache_budget
+            .unwrap_or_else(|| cache::default_cache_budget(&dir));
+        let prefetch_budget = config.prefetch_budget;
         let drive = Drive {
             inner: Arc::new(Inner {
                 config,
@@ -280,11 +302,18 @@ impl Drive {
                 progress,
                 failures: Mutex::new(HashMap::new()),
                 shutdown,
+                counters: stats::Counters::default(),
                 hot: Mutex::new(lru::LruCache::new(hot_entries)),
                 inflight: Mutex::new(HashMap::new()),
+                cache: cache::DiskCache::new(cache_budget),
+                prefetch: cache::Prefetcher::new(prefetch_budget, cache::MAX_WINDOW),
             }),
         };
+        // The cache index first (recovery deletes orphans' cache files through it), its
+        // budget enforced after recovery took back what is really a staging file.
+        drive.cache_load();
         drive.recover()?;
+        drive.cache_enforce();
         if !drive.inner.config.read_only {
             let d = drive.clone();
             tokio::spawn(async move { d.upload_loop().await });
@@ -324,6 +353,24 @@ impl Drive {
         };
         let mut requeued = 0;
         for mut i in staged {
+            let staging = self.staging_path(i.ino);
+            if !staging.exists() {
+                // Stopped between `try_unstage` moving the staging file to the file cache and
+                // recording that: move it back. Without either, the extents are all there is
+                // (and an upload of a missing file would block the queue for good).
+                let cached = self.file_cache_path(i.ino, i.uploaded_gen);
+                self.cache_forget(&cache::Key::File(i.ino, i.uploaded_gen));
+                if fs::rename(&cached, &staging).is_err() {
+                    warn!(
+                        ino = i.ino,
+                        "staged file has no staging file; using its extents"
+                    );
+                    i.staged = false;
+                    meta::put_inode(&tx, &i)?;
+                    meta::remove_upload(&tx, i.ino)?;
+                    continue;
+                }
+            }
             if !queued.contains(&i.ino) {
                 i.data_gen += 1;
                 meta::put_inode(&tx, &i)?;
@@ -365,14 +412,8 @@ impl Drive {
 
     fn remove_local_files(&self, ino: Ino) {
         let _ = fs::remove_file(self.staging_path(ino));
-        let prefix = format!("{ino}.");
-        if let Ok(entries) = fs::read_dir(&self.inner.files_cache) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
+        // The cache index knows every `cache/files/INO.*` (no directory scan per unlink).
+        self.cache_remove_files(ino);
     }
 
     fn writable(&self) -> FsResult<()> {
@@ -1003,9 +1044,15 @@ impl Drive {
         let path = self.staging_path(ino);
         let tmp = self.inner.staging_dir.join(format!("{ino}.tmp"));
         let cached = self.file_cache_path(ino, i.uploaded_gen);
+        // Moved into staging or removed below: no longer the cache's.
+        self.cache_forget(&cache::Key::File(ino, i.uploaded_gen));
         if !discard && fs::rename(&cached, &tmp).is_ok() {
             debug!(ino, "staged from the file cache");
         } else {
+            if discard {
+                // The old content is not wanted; its cache file would never be read again.
+                let _ = fs::remove_file(&cached);
+            }
             let f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
             if !discard {
                 f.set_len(i.size)
@@ -1034,6 +1081,10 @@ impl Drive {
     /// network. Concurrent readers of one extent share one fetch.
     async fn extent_bytes(&self, ino: Ino, e: &Extent) -> FsResult<Arc<Vec<u8>>> {
         if let Some(b) = lock(&self.inner.hot).get(&e.hash).cloned() {
+            self.inner
+                .counters
+                .read_from(stats::ReadSource::ExtentCache);
+            self.cache_touch(&cache::Key::Extent(e.hash));
             return Ok(b);
         }
         let gate = lock(&self.inner.inflight)
@@ -1057,11 +1108,17 @@ impl Drive {
         let path = self.extent_cache_path(&e.hash);
         if let Ok(bytes) = fs::read(&path) {
             if bytes.len() as u64 == e.len && *blake3::hash(&bytes).as_bytes() == e.hash {
+                self.inner
+                    .counters
+                    .read_from(stats::ReadSource::ExtentCache);
+                self.cache_touch(&cache::Key::Extent(e.hash));
                 return Ok(bytes);
             }
             warn!(path = %path.display(), "cached extent is damaged; fetching it again");
+            self.cache_forget(&cache::Key::Extent(e.hash));
             let _ = fs::remove_file(&path);
         }
+        self.inner.counters.read_from(stats::ReadSource::Network);
         let bytes = self
             .inner
             .store
@@ -1074,8 +1131,8 @@ impl Drive {
             });
         }
         let tmp = path.with_extension("tmp");
-        if fs::write(&tmp, &bytes).is_ok() {
-            let _ = fs::rename(&tmp, &path);
+        if fs::write(&tmp, &bytes).is_ok() && fs::rename(&tmp, &path).is_ok() {
+            self.cache_add(cache::Key::Extent(e.hash));
         }
         Ok(bytes)
     }
@@ -1083,12 +1140,22 @@ impl Drive {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (ino, _) = self.handle(fh)?;
         let live = self.pin(ino);
-        let out = self.read_inner(ino, &live, offset, size).await;
+        let out = self.read_inner(fh, ino, &live, offset, size).await;
         self.unpin(ino);
+        if let Ok(b) = &out {
+            self.inner.counters.bytes_read(b.len());
+        }
         out
     }
 
-    async fn read_inner(&self, ino: Ino, live: &Live, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    async fn read_inner(
+        &self,
+        fh: u64,
+        ino: Ino,
+        live: &Live,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<u8>> {
         let data = live.data.read().await;
         let i = self.getattr(ino).await?;
         if i.kind == Kind::Dir {
@@ -1101,6 +1168,7 @@ impl Drive {
         let len = usize::try_from(end - offset).map_err(|_| FsError::TooBig)?;
         let mut buf = vec![0u8; len];
         if i.staged {
+            self.inner.counters.read_from(stats::ReadSource::Staging);
             let file = match &data.file {
                 Some(f) => f.clone(),
                 None => {
@@ -1123,9 +1191,12 @@ impl Drive {
             Some(f)
         });
         if let Some(f) = open {
+            self.inner.counters.read_from(stats::ReadSource::FileCache);
+            self.cache_touch(&cache::Key::File(ino, i.uploaded_gen));
             return self.pread(&f, ino, offset, buf).await;
         }
         let extents = self.read_db(|c| meta::extents(c, ino))?;
+        self.prefetch(fh, ino, &extents, offset, end);
         for e in extents
             .iter()
             .filter(|e| e.file_off < end && e.file_off + e.len > offset)
@@ -1173,6 +1244,7 @@ impl Drive {
             let file = self.staging_file(ino, &mut data)?;
             file.write_all_at(bytes, offset)
                 .map_err(io_err(format!("write staging file of inode {ino}")))?;
+            self.inner.counters.bytes_written(bytes.len());
             data.dirty = true;
             data.wgen += 1;
             let now = Time::now();
@@ -1273,6 +1345,7 @@ impl Drive {
         let Some(h) = lock(&self.inner.handles).remove(&fh) else {
             return Err(FsError::BadHandle);
         };
+        self.inner.prefetch.forget(fh);
         let ino = h.ino;
         let live = self.pin(ino);
         if h.write {
@@ -1327,19 +1400,25 @@ impl Drive {
         if data.dirty || self.open_count(ino).0 > 0 {
             return Ok(());
         }
-        self.txn(|tx| {
+        let cached = self.txn(|tx| {
             let Some(mut i) = meta::get_inode(tx, ino)? else {
-                return Ok(());
+                return Ok(None);
             };
             if !i.staged || i.uploaded_gen != i.data_gen {
-                return Ok(());
+                return Ok(None);
             }
             let cached = self.file_cache_path(ino, i.uploaded_gen);
             fs::rename(self.staging_path(ino), &cached)
                 .map_err(io_err(format!("move staging file to {}", cached.display())))?;
             i.staged = false;
-            meta::put_inode(tx, &i)
-        })
+            meta::put_inode(tx, &i)?;
+            Ok(Some(i.uploaded_gen))
+        })?;
+        // Under the cache's budget from now on (only once the file is clean in the database).
+        if let Some(g) = cached {
+            self.cache_add(cache::Key::File(ino, g));
+        }
+        Ok(())
     }
 
     /// fsync/fdatasync: returns once the file's content as of this call is certified.
@@ -1589,6 +1668,7 @@ impl Drive {
         self.inner.shutdown.send_replace(true);
         self.inner.upload_wake.notify_waiters();
         self.inner.progress.send_modify(|p| *p += 1);
+        self.cache_persist();
     }
 
     /// Uploads pending: (files, bytes, oldest queued time in ms since the epoch).

@@ -35,23 +35,66 @@ const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
 
+/// Told about every request once it is answered: its operation name (`lookup`, `read`, …)
+/// and how long it took. The metrics endpoint implements it.
+pub trait OpHook: Send + Sync + 'static {
+    fn observe(&self, op: &'static str, elapsed: Duration);
+}
+
 /// The FUSE filesystem over a drive.
 pub struct WalrusFuse {
     drive: Drive,
     rt: Handle,
+    hook: Option<std::sync::Arc<dyn OpHook>>,
 }
 
 impl WalrusFuse {
     pub fn new(drive: Drive, rt: Handle) -> Self {
-        Self { drive, rt }
+        Self {
+            drive,
+            rt,
+            hook: None,
+        }
+    }
+
+    /// Reports every request to `hook`.
+    pub fn with_hook(mut self, hook: std::sync::Arc<dyn OpHook>) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     fn spawn<F>(&self, f: impl FnOnce(Drive) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.drive.clone()));
+        let fut = f(self.drive.clone());
+        match &self.hook {
+            None => {
+                self.rt.spawn(fut);
+            }
+            Some(hook) => {
+                let (hook, op) = (hook.clone(), op_name::<F>());
+                self.rt.spawn(async move {
+                    let started = std::time::Instant::now();
+                    fut.await;
+                    hook.observe(op, started.elapsed());
+                });
+            }
+        }
     }
+}
+
+/// The `Filesystem` method a request future was made in, from its type name
+/// (`<walrusfs::fuse::WalrusFuse as fuser::Filesystem>::read::{{closure}}…`), so that
+/// `spawn` needs no name from its callers; `other` if the name has another shape (a unit
+/// test checks it has this one).
+fn op_name<F>() -> &'static str {
+    std::any::type_name::<F>()
+        .split("Filesystem>::")
+        .nth(1)
+        .and_then(|rest| rest.split("::").next())
+        .filter(|op| !op.is_empty() && !op.contains(['<', '{']))
+        .unwrap_or("other")
 }
 
 fn caller(req: &Request) -> Caller {
@@ -106,7 +149,21 @@ fn attr(i: &Inode) -> FileAttr {
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(t) => TimeSet::At(Time::from_system(t)),
+        TimeOrNow::SpecificTime(t) => TimeSet::At(time_from_kernel(t)),
+    }
+}
+
+/// A time the kernel sent, as fuser 0.18 hands it over. For a kernel time `(sec, nsec)` with
+/// `sec < 0`, fuser gives `UNIX_EPOCH - (-sec s + nsec ns)` where the time is
+/// `sec s + nsec ns` (`-100 s + 0.25 s` arrives as -100.25 s); undo that here. Times at or
+/// after the epoch arrive unchanged.
+fn time_from_kernel(t: std::time::SystemTime) -> Time {
+    match std::time::UNIX_EPOCH.duration_since(t) {
+        Ok(before) if !before.is_zero() => Time {
+            sec: -i64::try_from(before.as_secs()).unwrap_or(i64::MAX),
+            nsec: before.subsec_nanos(),
+        },
+        _ => Time::from_system(t),
     }
 }
 
@@ -137,7 +194,10 @@ impl Filesystem for WalrusFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // ACLs are checked by the kernel against the system.posix_acl_* xattrs we store;
         // O_TRUNC comes with open, saving a setattr round trip.
+        // FUSE_DONT_MASK: the kernel leaves the umask to us (it would apply it before a
+        // directory's default ACL could say otherwise).
         let wanted = InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_BIG_WRITES;
@@ -193,7 +253,7 @@ impl Filesystem for WalrusFuse {
             size,
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
-            ctime: ctime.map(Time::from_system),
+            ctime: ctime.map(time_from_kernel),
         };
         self.spawn(|d| async move {
             match d.setattr(ino.0, set).await {
@@ -449,11 +509,11 @@ impl Filesystem for WalrusFuse {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.spawn(|d| async move { reply_empty(reply, "releasedir", d.releasedir(fh.0).await) });
     }
 
     fn fsyncdir(
@@ -559,5 +619,29 @@ impl Filesystem for WalrusFuse {
                 Err(e) => reply.error(errno("create", &e)),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod op_name_tests {
+    struct Probe;
+    trait Filesystem {
+        fn lookup(&self) -> &'static str;
+    }
+    impl Filesystem for Probe {
+        fn lookup(&self) -> &'static str {
+            fn name<F: std::future::Future>(_: impl FnOnce(u8) -> F) -> &'static str {
+                super::op_name::<F>()
+            }
+            name(|d| async move {
+                let _ = d;
+            })
+        }
+    }
+
+    #[test]
+    fn op_name_is_the_method_name() {
+        assert_eq!(Probe.lookup(), "lookup");
+        assert_eq!(super::op_name::<u8>(), "other");
     }
 }
