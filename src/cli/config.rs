@@ -25,7 +25,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "none: the embedded network",
         "a network.toml to store blobs on instead",
     ),
-    ("epochs", "5", "epochs each blob is stored for (1 to 1000)"),
+    (
+        "epochs",
+        "5 (50 on the embedded network)",
+        "epochs each blob is stored for (1 to 1000); renewed while mounted",
+    ),
     (
         "sync_on_close",
         "false",
@@ -61,6 +65,9 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 
 /// Defaults, in one place.
 pub const DEFAULT_EPOCHS: u32 = 5;
+/// Epochs per blob on the embedded network: the ledger's `max_epochs_ahead` (53) less the
+/// renewal margin.
+pub const DEFAULT_EMBEDDED_EPOCHS: u32 = 50;
 pub const DEFAULT_UPLOAD_GRACE: u64 = 30;
 pub const DEFAULT_MAX_PACK: u64 = 64 << 20;
 pub const DEFAULT_LOG: &str = "warn";

@@ -14,7 +14,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
-use super::config::{ByteSize, Config, DEFAULT_EPOCHS, DEFAULT_MAX_PACK, DEFAULT_UPLOAD_GRACE};
+use super::config::{
+    ByteSize, Config, DEFAULT_EMBEDDED_EPOCHS, DEFAULT_EPOCHS, DEFAULT_MAX_PACK,
+    DEFAULT_UPLOAD_GRACE,
+};
 use super::notify::notify;
 use crate::blobstore::{BlobStore, WalrusStore};
 use crate::client::{Client, ClientConfig};
@@ -56,7 +59,8 @@ pub struct MountArgs {
     /// does (slower; for tools that never fsync).
     #[arg(long)]
     pub sync_on_close: bool,
-    /// Epochs each blob is stored for, 1 to 1000 [default: 5].
+    /// Epochs each blob is stored for, 1 to 1000; blobs a file uses are renewed while the
+    /// drive is mounted [default: 5; 50 on the embedded network].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub epochs: Option<u32>,
     /// Let other users access the drive (root mounts always allow it, with the kernel
@@ -154,6 +158,14 @@ fn settings(args: &MountArgs, config: &Config) -> anyhow::Result<Settings> {
         })?),
         None => config.metrics_addr,
     };
+    let network = args.network.clone().or_else(|| f.network.clone());
+    // The embedded network costs nothing to store on, and an unmounted drive renews nothing:
+    // keep its blobs for the most epochs the ledger sells (~7 weeks of 1-day epochs).
+    let default_epochs = if network.is_some() {
+        DEFAULT_EPOCHS
+    } else {
+        DEFAULT_EMBEDDED_EPOCHS
+    };
     Ok(Settings {
         mountpoint: args.mountpoint.clone(),
         data_dir: args
@@ -161,11 +173,11 @@ fn settings(args: &MountArgs, config: &Config) -> anyhow::Result<Settings> {
             .clone()
             .or_else(|| f.data_dir.clone())
             .unwrap_or_else(default_data_dir),
-        network: args.network.clone().or_else(|| f.network.clone()),
+        network,
         read_only: args.read_only || f.read_only.unwrap_or(false),
         sync_on_close: args.sync_on_close || f.sync_on_close.unwrap_or(false),
         allow_other: args.allow_other || f.allow_other.unwrap_or(false),
-        epochs: args.epochs.or(f.epochs).unwrap_or(DEFAULT_EPOCHS),
+        epochs: args.epochs.or(f.epochs).unwrap_or(default_epochs),
         upload_grace: args
             .upload_grace
             .or(f.upload_grace)
