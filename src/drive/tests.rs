@@ -1122,3 +1122,116 @@ async fn overwriting_a_file_drops_its_old_file_cache() {
     assert_eq!(read_file(&d, ino).await.unwrap(), pattern(5000, 93));
     stop(d).await;
 }
+
+/// Tasks writing, truncating, fsyncing, renaming and reading their own files at once, with
+/// the uploader working under them; what each task last wrote must be what the drive holds,
+/// also when read back from the store alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_the_uploader_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store();
+    let mut c = config(tmp.path());
+    c.pack_linger = Duration::from_millis(1);
+    let d = start(c, &store).await;
+    const TASKS: u64 = 6;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut want: Vec<Vec<u8>> = vec![Vec::new(); 3];
+            let mut x = t + 1;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let names: Vec<String> = (0..3).map(|k| format!("t{t}f{k}")).collect();
+            for n in &names {
+                write_file(&d, ROOT, n, b"").await;
+            }
+            for round in 0..60u64 {
+                let k = next(3) as usize;
+                let ino = lookup_ino(&d, ROOT, &names[k]).await;
+                let fh = d.open(ino, libc::O_RDWR).await.unwrap();
+                for _ in 0..1 + next(4) {
+                    let off = next(want[k].len() as u64 + 1 + 70_000);
+                    let bytes = pattern(1 + next(90_000) as usize, t * 1000 + round);
+                    write_all(&d, fh, off, &bytes).await;
+                    let end = off as usize + bytes.len();
+                    if want[k].len() < end {
+                        want[k].resize(end, 0);
+                    }
+                    want[k][off as usize..end].copy_from_slice(&bytes);
+                }
+                match next(5) {
+                    0 => {
+                        let size = next(want[k].len() as u64 + 1);
+                        d.setattr(
+                            ino,
+                            SetAttr {
+                                size: Some(size),
+                                ..SetAttr::default()
+                            },
+                        )
+                        .await
+                        .unwrap();
+                        want[k].truncate(size as usize);
+                    }
+                    1 => d.fsync(fh).await.unwrap(),
+                    _ => {}
+                }
+                let got = read_fh(&d, fh, want[k].len() as u64).await.unwrap();
+                assert!(
+                    got == want[k],
+                    "task {t} file {k} round {round}: read back differs"
+                );
+                d.flush(fh).await.unwrap();
+                d.release(fh).await.unwrap();
+                if next(4) == 0 {
+                    // Swap two of the task's files by name.
+                    let j = (k + 1) % 3;
+                    d.rename(
+                        ROOT,
+                        os(&names[k]),
+                        ROOT,
+                        os(&names[j]),
+                        RenameMode::Exchange,
+                    )
+                    .await
+                    .unwrap();
+                    want.swap(k, j);
+                }
+                tokio::task::yield_now().await;
+            }
+            (names, want)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    d.wait_idle().await.unwrap();
+    for (names, want) in &all {
+        for (n, w) in names.iter().zip(want) {
+            let ino = lookup_ino(&d, ROOT, n).await;
+            assert!(read_file(&d, ino).await.unwrap() == *w, "{n} differs");
+        }
+    }
+    stop(d).await;
+    remove_cache(tmp.path());
+    let d = start(config(tmp.path()), &store).await;
+    for (names, want) in &all {
+        for (n, w) in names.iter().zip(want) {
+            let ino = lookup_ino(&d, ROOT, n).await;
+            let i = d.getattr(ino).await.unwrap();
+            assert_eq!(i.uploaded_gen, i.data_gen, "{n} not uploaded");
+            assert!(!i.staged, "{n} still staged");
+            assert!(
+                read_file(&d, ino).await.unwrap() == *w,
+                "{n} differs from the store"
+            );
+        }
+    }
+    stop(d).await;
+}
