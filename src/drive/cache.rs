@@ -405,12 +405,20 @@ pub(super) struct Stream {
 
 impl Stream {
     /// Records a read of `[offset, end)` that ends in the extent starting at `extent_off`;
-    /// returns the window (0: do not prefetch).
-    pub(super) fn observe(&mut self, offset: u64, end: u64, extent_off: u64, max: u32) -> u32 {
+    /// returns the window (0: do not prefetch). `tolerance`: how far from the end of the
+    /// previous read a sequential one may start.
+    pub(super) fn observe(
+        &mut self,
+        offset: u64,
+        end: u64,
+        extent_off: u64,
+        tolerance: u64,
+        max: u32,
+    ) -> u32 {
         let sequential = if self.reads == 0 {
             offset == 0
         } else {
-            offset.abs_diff(self.next) <= SEQ_TOLERANCE
+            offset.abs_diff(self.next) <= tolerance
         };
         self.reads += 1;
         if !sequential {
@@ -478,7 +486,8 @@ impl Drive {
         };
         let mut streams = lock(&p.streams);
         let s = streams.entry(fh).or_default();
-        let window = s.observe(offset, end, cur_off, p.max_window) as usize;
+        let tolerance = SEQ_TOLERANCE.min(self.inner.config.extent_size);
+        let window = s.observe(offset, end, cur_off, tolerance, p.max_window) as usize;
         if window == 0 {
             return;
         }
@@ -640,6 +649,7 @@ mod cache_tests {
 
     #[test]
     fn window_grows_per_extent_and_drops_on_random_access() {
+        const T: u64 = super::SEQ_TOLERANCE;
         let mut s = Stream::default();
         let e = 4 << 20;
         // First read at 0, then 1 MiB reads through extents 0, 1, 2, …
@@ -647,29 +657,33 @@ mod cache_tests {
         let mut off = 0;
         for _ in 0..(8 * 4) {
             let end = off + (1 << 20);
-            windows.push(s.observe(off, end, (end - 1) / e * e, MAX_WINDOW));
+            windows.push(s.observe(off, end, (end - 1) / e * e, T, MAX_WINDOW));
             off = end;
         }
-        assert_eq!(windows[..5], [1, 1, 1, 1, 2], "doubles on entering extent 1");
+        assert_eq!(
+            windows[..5],
+            [1, 1, 1, 1, 2],
+            "doubles on entering extent 1"
+        );
         let per_extent: Vec<u32> = windows.iter().step_by(4).copied().collect();
         assert_eq!(per_extent, [1, 2, 4, 8, 8, 8, 8, 8]);
         // A jump far away: random, nothing is prefetched.
         let far = 900 << 20;
-        assert_eq!(s.observe(far, far + 4096, far, MAX_WINDOW), 0);
+        assert_eq!(s.observe(far, far + 4096, far, T, MAX_WINDOW), 0);
         assert_eq!(
-            s.observe(10 << 20, (10 << 20) + 4096, 8 << 20, MAX_WINDOW),
+            s.observe(10 << 20, (10 << 20) + 4096, 8 << 20, T, MAX_WINDOW),
             0
         );
         // Sequential again from there: starts over at one extent.
         let at = (10 << 20) + 4096;
-        assert_eq!(s.observe(at, at + 4096, 8 << 20, MAX_WINDOW), 1);
+        assert_eq!(s.observe(at, at + 4096, 8 << 20, T, MAX_WINDOW), 1);
         // Slightly out of order (concurrent kernel readahead) still counts as sequential.
-        assert_eq!(s.observe(at + 8192, at + 12288, 8 << 20, MAX_WINDOW), 1);
-        assert_eq!(s.observe(at + 4096, at + 8192, 8 << 20, MAX_WINDOW), 1);
+        assert_eq!(s.observe(at + 8192, at + 12288, 8 << 20, T, MAX_WINDOW), 1);
+        assert_eq!(s.observe(at + 4096, at + 8192, 8 << 20, T, MAX_WINDOW), 1);
         // A first read that does not start at 0 is not sequential.
         let mut r = Stream::default();
         assert_eq!(
-            r.observe(5 << 20, (5 << 20) + 4096, 4 << 20, MAX_WINDOW),
+            r.observe(5 << 20, (5 << 20) + 4096, 4 << 20, T, MAX_WINDOW),
             0
         );
     }
@@ -719,7 +733,10 @@ mod cache_tests {
         let bytes = pattern(5 * EXTENT - 1000, 7);
         let ino = write_file(&d, "big", &bytes).await;
         d.wait_idle().await.expect("uploaded");
-        assert!(!d.file_cache_path(ino, 1).exists(), "larger than the budget");
+        assert!(
+            !d.file_cache_path(ino, 1).exists(),
+            "larger than the budget"
+        );
         // A reader that opened the file cache before its eviction keeps reading it.
         let small = pattern(EXTENT / 2, 8);
         let small_ino = write_file(&d, "small", &small).await;
@@ -767,9 +784,12 @@ mod cache_tests {
             others.push((write_file(&d, &format!("o{n}"), &bytes).await, bytes));
         }
         for (ino, bytes) in &others {
+            let g = d.getattr(*ino).await.expect("getattr").data_gen;
+            d.wait_uploaded(*ino, g).await.expect("uploaded");
             assert_eq!(&read_file(&d, *ino).await, bytes);
         }
         assert!(d.cache_counts().evictions > 0);
+        assert!(d.cache_counts().bytes <= EXTENT);
         let path = d.staging_path(ino);
         assert_eq!(std::fs::read(&path).expect("staging file is there"), staged);
         let back = read_fh(&d, wfh, staged.len() as u64, 65536)
@@ -888,9 +908,7 @@ mod cache_tests {
                 let d = d.clone();
                 tokio::spawn(async move {
                     let fh = d.open(four_ino, libc::O_RDONLY).await.expect("open");
-                    let b = read_fh(&d, fh, 4 * EXTENT, 32 * 1024)
-                        .await
-                        .expect("read");
+                    let b = read_fh(&d, fh, 4 * EXTENT, 32 * 1024).await.expect("read");
                     d.release(fh).await.expect("release");
                     b
                 })
@@ -934,7 +952,12 @@ mod cache_tests {
         d.unlink(ROOT, OsStr::new("f2")).await.expect("unlink");
         assert!(!d.file_cache_path(inos[2], 1).exists());
         let key = Key::File(inos[2], 1);
-        assert!(super::super::lock(&d.inner.cache.index).lru.peek(&key).is_none());
+        assert!(
+            super::super::lock(&d.inner.cache.index)
+                .lru
+                .peek(&key)
+                .is_none()
+        );
         stop(d).await;
     }
 }

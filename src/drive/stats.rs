@@ -120,9 +120,15 @@ impl Drive {
     }
 
     /// Bytes the caches (`cache/files` and `cache/extents`) take on the local disk
-    /// (allocated blocks, so sparse files count what they really use).
+    /// (allocated blocks, so sparse files count what they really use), from the cache's
+    /// index (`cache.rs`): no directory scan.
     pub fn cache_bytes(&self) -> u64 {
-        dir_bytes(&self.inner.files_cache) + dir_bytes(&self.inner.extents_cache)
+        self.cache_counts().bytes
+    }
+
+    /// Bytes the caches may take before the least recently used entries are evicted.
+    pub fn cache_budget(&self) -> u64 {
+        self.cache_counts().budget
     }
 
     /// Bytes staged files take on the local disk.
