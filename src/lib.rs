@@ -1,3 +1,8 @@
+//! walrusfs: a FUSE drive over Walrus. See ARCHITECTURE.md for the layers.
+
+// Library code reports errors; only tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod blobstore;
 pub mod cli;
 pub mod client;
