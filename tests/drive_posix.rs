@@ -1735,3 +1735,39 @@ fn timestamps_follow_changes() {
     assert_eq!(ctime(&st(&m.path("e"))), ctime(&e2));
     m.unmount();
 }
+
+#[test]
+fn files_beyond_4_gib() {
+    let (env, m) = setup();
+    let p = m.path("huge");
+    // Data past the 32-bit boundary, with a hole below it: offsets must be 64-bit all the
+    // way through (staging, extents, blob ranges).
+    let at = (5u64 << 30) + 12_345;
+    let data = pattern(3 << 20, 42);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    f.write_all_at(b"low", (4u64 << 30) - 1).unwrap();
+    f.write_all_at(&data, at).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let check = |path: &Path| {
+        let f = fs::File::open(path).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), at + data.len() as u64);
+        let mut low = [0u8; 5];
+        f.read_exact_at(&mut low, (4u64 << 30) - 2).unwrap();
+        assert_eq!(&low, b"\0low\0");
+        let mut got = vec![0u8; data.len()];
+        f.read_exact_at(&mut got, at).unwrap();
+        assert!(got == data, "data beyond 4 GiB reads back");
+        let mut hole = vec![1u8; 4096];
+        f.read_exact_at(&mut hole, (4u64 << 30) + 4096).unwrap();
+        assert!(hole.iter().all(|&b| b == 0));
+    };
+    check(&p);
+    let m = env.remount_cold(m);
+    check(&m.path("huge"));
+}
