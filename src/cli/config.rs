@@ -52,6 +52,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "largest blob the drive packs files into (64KiB to 16GiB)",
     ),
     (
+        "pack_wait",
+        "30",
+        "seconds a closed file may wait for others to fill its blob (0 to 600; never delays fsync)",
+    ),
+    (
+        "writeback_cache",
+        "false",
+        "kernel writeback cache for read-write mounts (writes reach the drive in large batches)",
+    ),
+    (
         "log",
         "\"warn\"",
         "log filter, RUST_LOG syntax (RUST_LOG overrides it)",
@@ -70,6 +80,7 @@ pub const DEFAULT_EPOCHS: u32 = 5;
 pub const DEFAULT_EMBEDDED_EPOCHS: u32 = 50;
 pub const DEFAULT_UPLOAD_GRACE: u64 = 30;
 pub const DEFAULT_MAX_PACK: u64 = 64 << 20;
+pub const DEFAULT_PACK_WAIT: u64 = 30;
 pub const DEFAULT_LOG: &str = "warn";
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +164,8 @@ pub struct ConfigFile {
     pub allow_other: Option<bool>,
     pub upload_grace: Option<u64>,
     pub max_pack: Option<ByteSize>,
+    pub pack_wait: Option<u64>,
+    pub writeback_cache: Option<bool>,
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
 }
@@ -241,6 +254,11 @@ impl Config {
                 format!("{b} bytes"),
                 "use 64KiB to 16GiB",
             ));
+        }
+        if let Some(w) = file.pack_wait
+            && w > 600
+        {
+            return Err(invalid("pack_wait", w.to_string(), "use 0 to 600 seconds"));
         }
         if let Some(l) = &file.log
             && let Err(e) = tracing_subscriber::EnvFilter::try_new(l)

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::config::{
-    ByteSize, Config, DEFAULT_EMBEDDED_EPOCHS, DEFAULT_EPOCHS, DEFAULT_MAX_PACK,
+    ByteSize, Config, DEFAULT_EMBEDDED_EPOCHS, DEFAULT_EPOCHS, DEFAULT_MAX_PACK, DEFAULT_PACK_WAIT,
     DEFAULT_UPLOAD_GRACE,
 };
 use super::notify::notify;
@@ -30,6 +30,11 @@ use crate::metrics::{Metrics, MetricsServer};
 /// Environment variable through which `--daemon` hands the child the pipe it reports
 /// readiness on.
 const READY_FD_ENV: &str = "WALRUSFS_READY_FD";
+
+/// For tests only: the epoch length, in seconds, of an embedded network created by this
+/// mount (read only when the network is first created; the ledger keeps it for good).
+/// Lets a test run a drive across many epochs in a minute; not a setting for real use.
+const DEVNET_EPOCH_SECS_ENV: &str = "WALRUSFS_DEVNET_EPOCH_SECS";
 
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct MountArgs {
@@ -75,6 +80,14 @@ pub struct MountArgs {
     /// [default: 64MiB].
     #[arg(long, value_name = "SIZE")]
     pub max_pack: Option<String>,
+    /// Seconds a closed file may wait for others to fill its blob while less than a blob's
+    /// worth is pending, 0 to 600 (fsync, flush and unmount never wait) [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub pack_wait: Option<u64>,
+    /// Use the kernel's writeback cache (read-write mounts): writes are gathered in the page
+    /// cache and reach the drive in large batches, at the latest at close or fsync.
+    #[arg(long)]
+    pub writeback_cache: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) at /metrics
     /// [default: no metrics].
     #[arg(long, value_name = "ADDR")]
@@ -107,11 +120,13 @@ impl MountArgs {
             self.upload_grace.map(|e| e.to_string().into()),
         );
         opt("--max-pack", self.max_pack.clone().map(Into::into));
+        opt("--pack-wait", self.pack_wait.map(|e| e.to_string().into()));
         opt("--metrics-addr", self.metrics_addr.clone().map(Into::into));
         for (on, flag) in [
             (self.read_only, "--read-only"),
             (self.sync_on_close, "--sync-on-close"),
             (self.allow_other, "--allow-other"),
+            (self.writeback_cache, "--writeback-cache"),
         ] {
             if on {
                 v.push(flag.into());
@@ -133,6 +148,8 @@ struct Settings {
     epochs: u32,
     upload_grace: u64,
     max_pack: u64,
+    pack_wait: u64,
+    writeback_cache: bool,
     metrics_addr: Option<SocketAddr>,
     log: Option<String>,
 }
@@ -183,6 +200,8 @@ fn settings(args: &MountArgs, config: &Config) -> anyhow::Result<Settings> {
             .or(f.upload_grace)
             .unwrap_or(DEFAULT_UPLOAD_GRACE),
         max_pack,
+        pack_wait: args.pack_wait.or(f.pack_wait).unwrap_or(DEFAULT_PACK_WAIT),
+        writeback_cache: args.writeback_cache || f.writeback_cache.unwrap_or(false),
         metrics_addr,
         log: f.log.clone(),
     })
@@ -317,30 +336,41 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
         .build()
         .context("cannot start the async runtime")?;
 
-    let (store, network, source) = rt.block_on(async {
+    let (store, network, source, epoch_duration) = rt.block_on(async {
         match &args.network {
             Some(path) => {
                 let network = NetworkFile::load(path)?;
                 let ledger = network.ledger_config().open().with_context(|| {
                     format!("cannot open the ledger named in {}", path.display())
                 })?;
+                let epoch_duration = ledger.params().ok().and_then(|p| p.epoch_duration);
                 let client = Client::new(ledger, ClientConfig::default())?;
                 let source = NetworkSource::File { path: path.clone() };
-                anyhow::Ok((Arc::new(WalrusStore::new(client)), None, source))
+                anyhow::Ok((
+                    Arc::new(WalrusStore::new(client)),
+                    None,
+                    source,
+                    epoch_duration,
+                ))
             }
             None => {
                 let dir = data_dir.join("devnet");
-                let network =
-                    EmbeddedNetwork::open_or_create(&dir, &DevnetParams::embedded_default())
-                        .await
-                        .with_context(|| {
-                            format!("cannot start the embedded network in {}", dir.display())
-                        })?;
+                let network = EmbeddedNetwork::open_or_create(&dir, &embedded_params()?)
+                    .await
+                    .with_context(|| {
+                        format!("cannot start the embedded network in {}", dir.display())
+                    })?;
+                let epoch_duration = network
+                    .ledger()
+                    .params()
+                    .ok()
+                    .and_then(|p| p.epoch_duration);
                 let store = Arc::new(WalrusStore::new(network.client().clone()));
                 Ok((
                     store,
                     Some(Arc::new(network)),
                     NetworkSource::Embedded { dir },
+                    epoch_duration,
                 ))
             }
         }
@@ -350,6 +380,16 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
     config.sync_on_close = args.sync_on_close;
     config.epochs = args.epochs;
     config.max_pack = args.max_pack;
+    config.pack_max_wait = Duration::from_secs(args.pack_wait);
+    config.pack_linger = config.pack_linger.min(config.pack_max_wait);
+    if let Some(d) = epoch_duration.filter(|d| !d.is_zero()) {
+        // Look for blobs to extend several times an epoch, so that none slips past its end
+        // between two looks however short epochs are.
+        config.renew_interval = config
+            .renew_interval
+            .min(d / 4)
+            .max(Duration::from_millis(200));
+    }
     let drive = rt
         .block_on(Drive::start(config, store.clone() as Arc<dyn BlobStore>))
         .with_context(|| format!("cannot open the drive in {}", drive_dir.display()))?;
@@ -366,7 +406,8 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
         let _guard = rt.enter();
         ControlServer::start(ctx.clone())?
     };
-    let mut fs_impl = WalrusFuse::new(drive.clone(), rt.handle().clone());
+    let mut fs_impl = WalrusFuse::new(drive.clone(), rt.handle().clone())
+        .with_writeback_cache(args.writeback_cache);
     let metrics_server = match args.metrics_addr {
         Some(addr) => {
             let metrics = Arc::new(Metrics::new());
@@ -414,6 +455,10 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
         control = %control.socket().display(),
         "mounted"
     );
+    match crate::fuse::raise_readahead(&mountpoint) {
+        Ok(kib) => info!(read_ahead_kb = kib, "readahead of the mount"),
+        Err(why) => debug!(%why, "readahead left at the kernel's default"),
+    }
     // Signal handlers go in before anyone is told the mount is ready, so that a stop right
     // after READY=1 unmounts cleanly instead of killing the process.
     let signals = {
@@ -495,6 +540,24 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
         );
     }
     served.with_context(|| format!("serving {} failed", mountpoint.display()))
+}
+
+/// The embedded network's parameters: [`DevnetParams::embedded_default`], with the epoch
+/// length from `WALRUSFS_DEVNET_EPOCH_SECS` if set (for tests; used only when the network is
+/// created).
+fn embedded_params() -> anyhow::Result<DevnetParams> {
+    let mut p = DevnetParams::embedded_default();
+    if let Some(v) = std::env::var_os(DEVNET_EPOCH_SECS_ENV) {
+        let secs: u64 = v
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .filter(|&s| s > 0)
+            .with_context(|| {
+                format!("{DEVNET_EPOCH_SECS_ENV}={v:?}: use a whole number of seconds above 0")
+            })?;
+        p.epoch_duration = Some(Duration::from_secs(secs));
+    }
+    Ok(p)
 }
 
 /// Checks the mount point, clearing a stale mount left by a killed walrusfs.

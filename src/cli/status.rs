@@ -173,6 +173,40 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    if s.at_risk.is_empty() {
+        if s.expiring.is_some() {
+            let _ = writeln!(
+                o,
+                "  at risk:   nothing: every blob a file uses is stored beyond the renewal margin"
+            );
+        }
+    } else {
+        let expired = s.at_risk.iter().filter(|b| b.expired).count();
+        let _ = writeln!(
+            o,
+            "  AT RISK:   {} blob(s) holding file data ({expired} expired: those parts read as EIO; \
+             the others are due for renewal and not extended yet, see the log)",
+            s.at_risk.len()
+        );
+        for b in &s.at_risk {
+            let more = b.file_count.saturating_sub(b.files.len() as u64);
+            let _ = writeln!(
+                o,
+                "    {} {} at the end of epoch {}, {} in {} file(s): {}{}",
+                b.blob_id,
+                if b.expired { "EXPIRED" } else { "ends" },
+                b.end_epoch,
+                HumanBytes(b.bytes),
+                b.file_count,
+                b.files.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     let r = &s.cache.reads;
     let rate = match s.cache.hit_rate {
         Some(h) => format!("{:.0}% of reads served locally", h * 100.0),

@@ -157,6 +157,11 @@ pub struct Status {
     pub certified: CertifiedStatus,
     /// `None` when the current epoch is unknown (the network did not answer).
     pub expiring: Option<ExpiringStatus>,
+    /// Blobs holding file data that are at risk: expired, or within the renewal margin and
+    /// not extended yet; with the files using them. Empty when all is well or the epoch is
+    /// unknown.
+    #[serde(default)]
+    pub at_risk: Vec<AtRiskBlob>,
     pub cache: CacheStatus,
     /// Storage nodes run by this mount (embedded network); empty for a network file.
     pub nodes: Vec<NodeStatus>,
@@ -210,6 +215,21 @@ pub struct ExpiringStatus {
     pub blobs: u64,
     pub bytes: u64,
     pub first_end_epoch: Option<u64>,
+}
+
+/// One blob at risk (see [`Status::at_risk`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtRiskBlob {
+    pub blob_id: String,
+    pub end_epoch: u64,
+    /// Already expired: the parts of files it held read as EIO.
+    pub expired: bool,
+    /// Bytes of files it holds.
+    pub bytes: u64,
+    /// How many files use it.
+    pub file_count: u64,
+    /// Paths (from the drive's root) of some of them.
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::{
-    CacheStatus, CertifiedStatus, ControlError, ExpiringStatus, FilesStatus, MAX_LINE,
+    AtRiskBlob, CacheStatus, CertifiedStatus, ControlError, ExpiringStatus, FilesStatus, MAX_LINE,
     NetworkStatus, NodeStatus, Pending, ReadsStatus, Reply, Request, STATUS_VERSION, Status,
 };
 use crate::devnet::{EmbeddedNetwork, NodeHealth};
@@ -21,6 +21,9 @@ use crate::drive::{Drive, FsError};
 
 /// How often a flush reports what is left.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Blobs at risk listed by `status`, and paths listed per blob.
+const AT_RISK_LIMIT: usize = 20;
 
 /// How long `status` waits for the ledger's epoch.
 const EPOCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,6 +120,22 @@ impl MountContext {
             }
             Err(_) => None,
         };
+        let at_risk = match &epoch {
+            Ok(e) => self
+                .drive
+                .blobs_at_risk(*e, crate::drive::RENEW_MARGIN, AT_RISK_LIMIT)?
+                .into_iter()
+                .map(|r| AtRiskBlob {
+                    blob_id: r.blob_id.to_string(),
+                    end_epoch: r.end_epoch,
+                    expired: r.expired,
+                    bytes: r.live_bytes,
+                    file_count: r.file_count,
+                    files: r.files,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let d = self.drive.clone();
         let (cache_bytes, staging_bytes) =
             tokio::task::spawn_blocking(move || (d.cache_bytes(), d.staging_bytes()))
@@ -152,6 +171,7 @@ impl MountContext {
                 encoded_bytes: totals.encoded_bytes,
             },
             expiring,
+            at_risk,
             cache: CacheStatus {
                 bytes: cache_bytes,
                 staging_bytes,

@@ -325,14 +325,30 @@ impl Devnet {
             ledger: LedgerFileConfig::Embedded { path: ledger_path },
         };
         let text = toml::to_string(&network).map_err(|e| DevnetError::Config(e.to_string()))?;
+        // Everything durable before the network file, whose presence says the devnet exists:
+        // a power loss must not leave a network file over missing keys or ledger.
+        sync_tree(&dir).map_err(io(&dir))?;
         let nf = self.network_file();
-        fs::write(
-            &nf,
-            format!(
-                "# walrusfs network file: pass it as --network to blob and mount commands\n{text}"
-            ),
-        )
-        .map_err(io(&nf))?;
+        let tmp = nf.with_extension("toml.tmp");
+        {
+            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            std::io::Write::write_all(
+                &mut f,
+                format!(
+                    "# walrusfs network file: pass it as --network to blob and mount commands\n{text}"
+                )
+                .as_bytes(),
+            )
+            .map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &nf).map_err(io(&nf))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        if let Some(parent) = dir.parent() {
+            let _ = fs::File::open(parent).and_then(|d| d.sync_all());
+        }
         Ok(())
     }
 
@@ -489,4 +505,18 @@ fn reap(pid: i32) {
     let mut status = 0;
     // SAFETY: waitpid with WNOHANG on a PID; harmless if it is not our child.
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+}
+
+/// fsyncs every file and directory under `dir` (directories after their contents).
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            sync_tree(&e.path())?;
+        } else if t.is_file() {
+            fs::File::open(e.path())?.sync_all()?;
+        }
+    }
+    fs::File::open(dir)?.sync_all()
 }

@@ -38,6 +38,8 @@ pub enum FsError {
     TooBig,
     #[error("operation not supported")]
     NotSupported,
+    #[error("no space left on the local disk that holds the drive's data directory")]
+    NoSpace,
     #[error("local disk: {context}: {source}")]
     Io {
         context: String,
@@ -76,6 +78,12 @@ impl FsError {
             FsError::TooManyLinks => libc::EMLINK,
             FsError::TooBig => libc::EFBIG,
             FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::Db(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                libc::ENOSPC
+            }
             // The local disk's own errno tells the program the truth (ENOSPC, EDQUOT, EFBIG…).
             FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             FsError::Store(BlobStoreError::NotFound { .. }) => libc::EIO,

@@ -3,7 +3,9 @@
 //!
 //! One connection, WAL journal. `synchronous=NORMAL`: a committed transaction survives the
 //! mount process being killed (the WAL is in the page cache, which the kernel keeps); power
-//! loss may lose the last transactions but never corrupts the file. Every operation that
+//! loss may lose the last transactions (never an earlier one while keeping a later one) but
+//! never corrupts the file. Where durability is promised (fsync, before deleting blobs) the
+//! drive syncs the WAL itself (`durable.rs`). Every operation that
 //! POSIX makes atomic (rename, link, unlink, create) is one transaction.
 //!
 //! The schema is versioned (`PRAGMA user_version`); migration `i` takes version `i` to
@@ -107,7 +109,20 @@ CREATE TABLE dead_blobs (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: what a start after a power loss may trust (`durable.rs`). `sealed_*`: the
+/// generation, size and BLAKE3 of staged content that was synced; `uploaded_size`: the size
+/// of the content the extents hold.
+const V2: &str = "
+CREATE TABLE durable (
+    ino           INTEGER PRIMARY KEY,
+    sealed_gen    INTEGER NOT NULL DEFAULT 0,
+    sealed_size   INTEGER NOT NULL DEFAULT 0,
+    sealed_hash   BLOB,
+    uploaded_size INTEGER
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

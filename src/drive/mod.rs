@@ -22,6 +22,8 @@
 
 mod acl;
 mod cache;
+mod compact;
+mod durable;
 mod error;
 pub mod meta;
 mod stats;
@@ -44,7 +46,8 @@ use tracing::{debug, info, warn};
 pub use cache::CacheCounts;
 pub use error::{FsError, FsResult};
 pub use meta::{Ino, Inode, Kind, ROOT, Time, Totals};
-pub use stats::{Expiring, ReadCounts};
+pub use stats::{AtRisk, Expiring, ReadCounts};
+pub use upload::RENEW_MARGIN;
 
 use crate::blobstore::BlobStore;
 use error::io_err;
@@ -73,8 +76,21 @@ pub struct DriveConfig {
     pub max_pack: u64,
     /// Largest extent: the unit of hashing, caching and network reads.
     pub extent_size: u64,
-    /// How long the uploader waits after the first queued file for more to share its blob.
+    /// Wait-to-fill: while less than a blob's worth is pending and no fsync waits, the
+    /// uploader waits until no file was queued for this long, so that files closed in a
+    /// burst share one blob.
     pub pack_linger: Duration,
+    /// ... but no queued file waits longer than this for others to fill its blob.
+    pub pack_max_wait: Duration,
+    /// A packed blob whose live bytes (still referenced by some file) fall below this share
+    /// of its size is compacted: its live extents are re-packed into a new blob (`compact.rs`).
+    /// 0 turns compaction off.
+    pub compact_threshold: f64,
+    /// How often the uploader looks for blobs to compact when it has nothing else to do.
+    pub compact_interval: Duration,
+    /// How often the uploader looks for blobs near their end epoch (to extend them); the
+    /// mount sets it from the network's epoch length.
+    pub renew_interval: Duration,
     /// Owner of the root directory of a new drive.
     pub root_owner: (u32, u32),
     /// Bytes `cache/` may take on the local disk (LRU eviction); `None`: a tenth of the
@@ -94,7 +110,11 @@ impl DriveConfig {
             sync_on_close: false,
             max_pack: 64 << 20,
             extent_size: 4 << 20,
-            pack_linger: Duration::from_millis(100),
+            pack_linger: Duration::from_secs(1),
+            pack_max_wait: Duration::from_secs(30),
+            compact_threshold: 0.5,
+            compact_interval: Duration::from_secs(30),
+            renew_interval: Duration::from_secs(60),
             // SAFETY: getuid/getgid cannot fail.
             root_owner: unsafe { (libc::getuid(), libc::getgid()) },
             cache_budget: None,
@@ -237,6 +257,8 @@ struct Inner {
     cache: cache::DiskCache,
     /// Fetches ahead of sequential readers (`cache.rs`).
     prefetch: cache::Prefetcher,
+    /// Metadata group commit and the sealer of closed files (`durable.rs`).
+    durable: durable::Durability,
 }
 
 /// Memory for verified extents kept hot.
@@ -275,6 +297,22 @@ impl Drive {
             fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
         }
         let conn = meta::open(&dir.join("meta.db"), config.root_owner)?;
+        // The names just created (directories, the database and its WAL) must outlive a power
+        // loss before anything relies on them.
+        for d in [
+            &staging_dir,
+            &files_cache,
+            &extents_cache,
+            &dir.join("cache"),
+            &dir,
+        ] {
+            durable::fsync_dir(d).map_err(io_err(format!("sync {}", d.display())))?;
+        }
+        if let Some(parent) = dir.parent() {
+            let _ = durable::fsync_dir(parent);
+        }
+        let lost = durable::unsynced_writes_lost(&dir);
+        let durable = durable::Durability::new(&dir.join("meta.db"));
         let (progress, _) = watch::channel(0);
         let (shutdown, _) = watch::channel(false);
         let hot_entries = usize::try_from(HOT_EXTENT_BYTES / config.extent_size.max(1))
@@ -307,16 +345,28 @@ impl Drive {
                 inflight: Mutex::new(HashMap::new()),
                 cache: cache::DiskCache::new(cache_budget),
                 prefetch: cache::Prefetcher::new(prefetch_budget, cache::MAX_WINDOW),
+                durable,
             }),
         };
+        if lost {
+            // Before the cache index is loaded: the file cache is not trusted any more.
+            drive.recover_lost_writes()?;
+        }
         // The cache index first (recovery deletes orphans' cache files through it), its
         // budget enforced after recovery took back what is really a staging file.
         drive.cache_load();
         drive.recover()?;
         drive.cache_enforce();
         if !drive.inner.config.read_only {
+            // Recovery durable before this start's marker says it is done.
+            drive.sync_metadata().await?;
+            durable::arm(&drive.inner.config.data_dir)
+                .map_err(io_err("write the drive's start marker"))?;
+            drive.seal_unsealed()?;
             let d = drive.clone();
             tokio::spawn(async move { d.upload_loop().await });
+            let d = drive.clone();
+            tokio::spawn(async move { d.seal_loop().await });
         }
         Ok(drive)
     }
@@ -1237,6 +1287,7 @@ impl Drive {
             .checked_add(bytes.len() as u64)
             .filter(|&e| e <= i64::MAX as u64)
             .ok_or(FsError::TooBig)?;
+        self.check_space(bytes.len() as u64)?;
         let live = self.pin(ino);
         let result = async {
             let mut data = live.data.write().await;
@@ -1299,6 +1350,9 @@ impl Drive {
         }
         .await;
         self.unpin(ino);
+        if result.is_ok() {
+            self.inner.durable.closed(ino);
+        }
         self.inner.upload_wake.notify_one();
         result
     }
@@ -1319,6 +1373,7 @@ impl Drive {
         })?;
         data.dirty = false;
         drop(data);
+        self.inner.durable.closed(ino);
         self.inner.upload_wake.notify_one();
         Ok(g)
     }
@@ -1459,7 +1514,9 @@ impl Drive {
             }
         };
         lock(&self.inner.urgent).remove(&ino);
-        result
+        // Certified is not enough: the commit that records it must outlive a power loss too.
+        result?;
+        self.sync_metadata().await
     }
 
     /// Waits until no upload is pending (`walrusfs flush`, unmount with `--wait`).
@@ -1669,6 +1726,9 @@ impl Drive {
         self.inner.upload_wake.notify_waiters();
         self.inner.progress.send_modify(|p| *p += 1);
         self.cache_persist();
+        if !self.inner.config.read_only {
+            self.seal_all().await;
+        }
     }
 
     /// Uploads pending: (files, bytes, oldest queued time in ms since the epoch).
@@ -1682,6 +1742,34 @@ impl Drive {
     }
 }
 
+impl Drive {
+    /// Refuses a write of `incoming` bytes with ENOSPC while the local disk's free space is
+    /// below a reserve, so that what must still be written when the disk is nearly full —
+    /// metadata commits, the unlink that frees space, the embedded nodes' slivers — always
+    /// finds room. The reserve is 5% of the disk, between 1 MiB and 256 MiB.
+    fn check_space(&self, incoming: u64) -> FsResult<()> {
+        let Some((avail, total)) = local_space(&self.inner.config.data_dir) else {
+            return Ok(());
+        };
+        let reserve = (total / 20).clamp(1 << 20, 256 << 20);
+        if avail < reserve.saturating_add(incoming) {
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
+    }
+}
+
+/// (available, total) bytes of the filesystem holding `path`.
+fn local_space(path: &Path) -> Option<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize))
+}
+
 fn local_free_bytes(path: &Path) -> Option<u64> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -1692,5 +1780,7 @@ fn local_free_bytes(path: &Path) -> Option<u64> {
     Some(s.f_bavail * s.f_frsize)
 }
 
+#[cfg(test)]
+mod pack_tests;
 #[cfg(test)]
 mod tests;

@@ -85,7 +85,114 @@ pub struct Expiring {
     pub first_end_epoch: Option<u64>,
 }
 
+/// A blob holding file data that is at risk: its storage ends within the renewal margin and
+/// was not extended yet (the network refused, or the drive was not mounted), or it has
+/// already expired (the files using it read as EIO where it held their bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtRisk {
+    pub blob_id: crate::encoding::BlobId,
+    pub end_epoch: u64,
+    pub expired: bool,
+    /// Bytes of files it holds.
+    pub live_bytes: u64,
+    /// Some paths of files using it (at most the limit asked for), relative to the root.
+    pub files: Vec<String>,
+    /// How many files use it in all.
+    pub file_count: u64,
+}
+
+/// A path of `ino` from the drive's root (`/dir/name`), by its directory entries; `None` for
+/// an inode no entry names (unlinked while open).
+pub(super) fn path_of(c: &rusqlite::Connection, ino: super::Ino) -> FsResult<Option<String>> {
+    use rusqlite::OptionalExtension as _;
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut at = ino;
+    // Depth is bounded by the directory tree; the bound only guards against a damaged one.
+    for _ in 0..4096 {
+        if at == super::ROOT {
+            let mut out = Vec::new();
+            for p in parts.iter().rev() {
+                out.push(b'/');
+                out.extend_from_slice(p);
+            }
+            if out.is_empty() {
+                out.push(b'/');
+            }
+            return Ok(Some(String::from_utf8_lossy(&out).into_owned()));
+        }
+        let Some((parent, name)) = c
+            .prepare_cached("SELECT parent, name FROM dentries WHERE ino = ?1 LIMIT 1")?
+            .query_row([at], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        parts.push(name);
+        at = parent;
+    }
+    Ok(None)
+}
+
+/// Paths of up to `limit` files whose extents point into `blob_id`.
+pub(super) fn files_using(
+    c: &rusqlite::Connection,
+    blob_id: &crate::encoding::BlobId,
+    limit: usize,
+) -> FsResult<Vec<String>> {
+    let inos: Vec<super::Ino> = c
+        .prepare_cached(
+            "SELECT DISTINCT ino FROM extents WHERE blob_id = ?1 ORDER BY ino LIMIT ?2",
+        )?
+        .query_map(
+            rusqlite::params![&blob_id.0[..], i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for ino in inos {
+        out.push(path_of(c, ino)?.unwrap_or_else(|| format!("(unlinked inode {ino})")));
+    }
+    Ok(out)
+}
+
 impl Drive {
+    /// Blobs holding file data at risk at `epoch` (see [`AtRisk`]): end epoch at most
+    /// `epoch + margin` (the uploader extends those; one still there was not extended), or
+    /// expired. Up to `limit` blobs, earliest end first, each with up to `limit` paths.
+    pub fn blobs_at_risk(&self, epoch: u64, margin: u64, limit: usize) -> FsResult<Vec<AtRisk>> {
+        let by = i64::try_from(epoch.saturating_add(margin)).unwrap_or(i64::MAX);
+        self.read_db(|c| {
+            let rows: Vec<(Vec<u8>, u64, u64, u64)> = c
+                .prepare_cached(
+                    "SELECT b.blob_id, b.end_epoch, SUM(e.len), COUNT(DISTINCT e.ino)
+                     FROM blobs b JOIN extents e ON e.blob_id = b.blob_id
+                     WHERE b.end_epoch <= ?1
+                     GROUP BY b.blob_id ORDER BY b.end_epoch LIMIT ?2",
+                )?
+                .query_map(
+                    rusqlite::params![by, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::new();
+            for (id, end_epoch, live_bytes, file_count) in rows {
+                let Ok(id) = <[u8; 32]>::try_from(id) else {
+                    continue;
+                };
+                let blob_id = crate::encoding::BlobId(id);
+                out.push(AtRisk {
+                    blob_id,
+                    end_epoch,
+                    expired: end_epoch <= epoch,
+                    live_bytes,
+                    files: files_using(c, &blob_id, limit)?,
+                    file_count,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     /// Reads and bytes since the drive started.
     pub fn read_counts(&self) -> ReadCounts {
         let c = &self.inner.counters;

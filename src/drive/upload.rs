@@ -33,11 +33,27 @@ struct Piece {
     extents: Vec<(Extent, usize)>,
 }
 
-/// How often the uploader looks for blobs near their end epoch.
-const RENEW_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Blobs whose storage ends within this many epochs are extended.
-const RENEW_MARGIN: u64 = 2;
+pub const RENEW_MARGIN: u64 = 2;
+
+/// When an fsync wakes the uploader, it waits this long before taking files, so that fsyncs
+/// issued together (many threads, `sync` of many files) share one blob and one
+/// certification (a group commit; a certification takes far longer).
+const GROUP_COMMIT: Duration = Duration::from_millis(5);
+
+/// While waiting for a blob to fill, the uploader looks at the queue this often.
+const FILL_POLL: Duration = Duration::from_millis(250);
+
+/// What one round of the uploader did.
+enum Round {
+    /// Stored a batch; there may be more.
+    Stored,
+    /// Nothing is eligible for upload.
+    Idle,
+    /// Files are pending but less than a blob's worth and nobody waits for them: wait up to
+    /// this long for more (wait-to-fill).
+    Fill(Duration),
+}
 
 /// Blob IDs are not known until a blob is stored; extents point at this until then.
 const UNSET: BlobId = BlobId([0; 32]);
@@ -53,17 +69,19 @@ impl Drive {
         let mut shutdown = self.inner.shutdown.subscribe();
         let mut backoff = Duration::from_millis(250);
         // Renew at once after a start: the drive may have been unmounted for a while.
-        let mut last_renewal = std::time::Instant::now() - RENEW_INTERVAL;
+        let mut last_renewal: Option<std::time::Instant> = None;
+        let mut last_compaction = std::time::Instant::now();
         loop {
             if *shutdown.borrow_and_update() {
                 break;
             }
-            match self.upload_round().await {
-                Ok(true) => {
+            let fill = match self.upload_round().await {
+                Ok(Round::Stored) => {
                     backoff = Duration::from_millis(250);
                     continue;
                 }
-                Ok(false) => {}
+                Ok(Round::Idle) => None,
+                Ok(Round::Fill(d)) => Some(d),
                 Err(e) => {
                     warn!(error = %e, retry_in = ?backoff, "upload failed; will retry");
                     tokio::select! {
@@ -73,30 +91,64 @@ impl Drive {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
-            }
+            };
             if let Err(e) = self.collect_garbage().await {
                 debug!(error = %e, "deleting unreferenced blobs failed; will retry");
             }
-            if last_renewal.elapsed() >= RENEW_INTERVAL {
-                last_renewal = std::time::Instant::now();
+            if last_renewal.is_none_or(|t| t.elapsed() >= self.inner.config.renew_interval) {
+                last_renewal = Some(std::time::Instant::now());
                 if let Err(e) = self.renew_blobs().await {
                     warn!(error = %e, "extending blobs near their end epoch failed; will retry");
                 }
             }
-            tokio::select! {
-                () = self.inner.upload_wake.notified() => {
-                    // Let files closed together share a blob.
-                    tokio::time::sleep(self.inner.config.pack_linger).await;
+            if fill.is_none()
+                && self.inner.config.compact_threshold > 0.0
+                && last_compaction.elapsed() >= self.inner.config.compact_interval
+            {
+                last_compaction = std::time::Instant::now();
+                match self.compact_once().await {
+                    // More may be due: look again at the next pass.
+                    Ok(true) => last_compaction -= self.inner.config.compact_interval,
+                    Ok(false) => {}
+                    Err(e) => debug!(error = %e, "compaction failed; will retry"),
                 }
-                _ = shutdown.changed() => {}
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            let nap = match fill {
+                // Waiting for a blob to fill: closes do not cut the wait short (the queue is
+                // looked at every FILL_POLL), an fsync does.
+                Some(d) => {
+                    let deadline = tokio::time::Instant::now() + d.min(FILL_POLL);
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(deadline) => break,
+                            () = self.inner.upload_wake.notified() => {
+                                if !lock(&self.inner.urgent).is_empty() {
+                                    break;
+                                }
+                            }
+                            _ = shutdown.changed() => break,
+                        }
+                    }
+                    false
+                }
+                None => {
+                    tokio::select! {
+                        () = self.inner.upload_wake.notified() => true,
+                        _ = shutdown.changed() => false,
+                        () = tokio::time::sleep(Duration::from_secs(5)) => false,
+                    }
+                }
+            };
+            if nap || !lock(&self.inner.urgent).is_empty() {
+                // Let fsyncs issued together share a blob.
+                tokio::time::sleep(GROUP_COMMIT).await;
             }
         }
         debug!("uploader stopped");
     }
 
-    /// Uploads one batch of queued files. Returns whether there was anything to do.
-    async fn upload_round(&self) -> FsResult<bool> {
+    /// Uploads one batch of queued files, unless it is better to wait for more.
+    async fn upload_round(&self) -> FsResult<Round> {
         let queued = self.read_db(meta::queued_uploads)?;
         let urgent = lock(&self.inner.urgent).clone();
         // Files still open for writing wait for their last close, unless someone fsyncs.
@@ -105,7 +157,7 @@ impl Drive {
             .filter(|q| self.open_count(q.ino).1 == 0 || urgent.contains(&q.ino))
             .collect();
         if eligible.is_empty() {
-            return Ok(false);
+            return Ok(Round::Idle);
         }
         let max = self
             .inner
@@ -113,6 +165,9 @@ impl Drive {
             .max_pack
             .min(self.inner.store.max_blob_size().await?)
             .max(1);
+        if let Some(d) = self.fill_wait(&eligible, &urgent, max) {
+            return Ok(Round::Fill(d));
+        }
         // Urgent files first, then in queue order; as many as fit one blob, or one large
         // file that spans several.
         let (mut first, rest): (Vec<_>, Vec<_>) =
@@ -129,7 +184,7 @@ impl Drive {
         }
         let inos: Vec<Ino> = batch.iter().map(|q| q.ino).collect();
         match self.upload_batch(batch, max).await {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(Round::Stored),
             Err(e) => {
                 // Transient failures (too few nodes now, a busy ledger) are retried with
                 // backoff and an fsync keeps waiting for them; others are reported to it.
@@ -150,6 +205,37 @@ impl Drive {
                 Err(e)
             }
         }
+    }
+
+    /// Wait-to-fill: how much longer to wait for more files before packing `eligible`, or
+    /// `None` to pack now. Packing waits while less than a blob's worth (`max`) is pending,
+    /// nobody waits for any of it (fsync, flush, unmount), files were queued within the last
+    /// `pack_linger`, and the oldest has waited less than `pack_max_wait`. Each blob costs a
+    /// fixed amount whatever its size (on Walrus, its metadata is stored once per shard), so
+    /// a burst of small files should fill one blob rather than many.
+    fn fill_wait(
+        &self,
+        eligible: &[QueuedUpload],
+        urgent: &std::collections::HashSet<Ino>,
+        max: u64,
+    ) -> Option<Duration> {
+        if eligible.iter().any(|q| urgent.contains(&q.ino)) {
+            return None;
+        }
+        let bytes: u64 = eligible.iter().map(|q| q.bytes).sum();
+        if bytes >= max {
+            return None;
+        }
+        let now = meta::now_ms();
+        let newest = eligible.iter().map(|q| q.queued_ms).max()?;
+        let oldest = eligible.iter().map(|q| q.queued_ms).min()?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let idle_left =
+            ms(self.inner.config.pack_linger).saturating_sub(now.saturating_sub(newest));
+        let age_left =
+            ms(self.inner.config.pack_max_wait).saturating_sub(now.saturating_sub(oldest));
+        let left = idle_left.min(age_left);
+        (left > 0).then(|| Duration::from_millis(left))
     }
 
     async fn upload_batch(&self, batch: Vec<QueuedUpload>, max: u64) -> FsResult<()> {
@@ -271,6 +357,14 @@ impl Drive {
 
     async fn put_blob(&self, packer: &mut Packer) -> FsResult<()> {
         let data = std::mem::take(&mut packer.buf);
+        let stored = self.store_blob(data).await?;
+        packer.blobs.push(stored);
+        Ok(())
+    }
+
+    /// Stores `data` as one blob and records it, unreferenced (in `dead_blobs`) until a
+    /// commit points extents at it, so that a failure later cannot forget it.
+    pub(super) async fn store_blob(&self, data: Vec<u8>) -> FsResult<StoredBlob> {
         let size = data.len();
         let stored = self
             .inner
@@ -300,8 +394,7 @@ impl Drive {
             // Unreferenced until the commit says otherwise.
             meta::mark_dead_if_unreferenced(tx, &[record.blob_id])
         })?;
-        packer.blobs.push(stored);
-        Ok(())
+        Ok(stored)
     }
 
     /// Records the extents of every piece whose content is still what was uploaded.
@@ -335,6 +428,8 @@ impl Drive {
                 meta::replace_extents(tx, p.ino, &extents)?;
                 i.uploaded_gen = p.data_gen;
                 meta::put_inode(tx, &i)?;
+                // The content is unchanged since it was taken (write generation), so is its size.
+                super::durable::record_uploaded(tx, p.ino, i.size)?;
                 let still_queued = meta::queued_uploads(tx)?
                     .into_iter()
                     .find(|q| q.ino == p.ino);
@@ -375,6 +470,11 @@ impl Drive {
     /// Deletes blobs no extent references (a few per round).
     async fn collect_garbage(&self) -> FsResult<()> {
         let dead = self.read_db(|c| meta::dead_blobs(c, 16))?;
+        if !dead.is_empty() {
+            // What made them unreferenced must be durable before they go: after a power loss
+            // the metadata must not point at a deleted blob.
+            self.sync_metadata().await?;
+        }
         for blob_id in dead {
             let used = self.read_db(|c| {
                 Ok(
@@ -425,17 +525,32 @@ impl Drive {
             }
             Ok(out)
         })?;
+        let mut failed = None;
         for (blob_id, end) in due {
             if end <= epoch {
-                warn!(%blob_id, end_epoch = end, epoch, "a blob holding file data has expired; \
-                    the files using it can no longer be read from the network");
+                let files = self.read_db(|c| super::stats::files_using(c, &blob_id, 10))?;
+                warn!(%blob_id, end_epoch = end, epoch, files = %files.join(", "),
+                    "a blob holding file data has expired; the files using it can no longer \
+                     be read from the network (reads of the parts it held fail with EIO)");
                 continue;
             }
-            let new_end = self
+            let new_end = match self
                 .inner
                 .store
                 .extend(blob_id, self.inner.config.epochs)
-                .await?;
+                .await
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    let files = self
+                        .read_db(|c| super::stats::files_using(c, &blob_id, 10))
+                        .unwrap_or_default();
+                    warn!(%blob_id, end_epoch = end, epoch, files = %files.join(", "),
+                        error = %e, "cannot extend a blob near its end epoch; will retry");
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             info!(%blob_id, end_epoch = new_end, "blob extended");
             self.txn(|tx| {
                 tx.prepare_cached("UPDATE blobs SET end_epoch = ?2 WHERE blob_id = ?1")?
@@ -443,7 +558,7 @@ impl Drive {
                 Ok(())
             })?;
         }
-        Ok(())
+        failed.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 
