@@ -15,3 +15,4 @@ pub mod ledger;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod sui;
