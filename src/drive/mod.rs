@@ -259,6 +259,19 @@ struct Inner {
     prefetch: cache::Prefetcher,
     /// Metadata group commit and the sealer of closed files (`durable.rs`).
     durable: durable::Durability,
+    /// Size and times changed by writes not yet in the database (see [`PendingAttr`]).
+    pending: Mutex<HashMap<Ino, PendingAttr>>,
+}
+
+/// What writes changed in an inode since the database last recorded it. A write would
+/// otherwise cost an SQLite commit (a WAL append) per FUSE request; these reach the database
+/// when the file is closed, synced, truncated or has its attributes set ("settled"), and
+/// overlay the database's values until then. After a crash, the staging file's length
+/// restores the size (`recover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingAttr {
+    size: u64,
+    mtime: Time,
 }
 
 /// Memory for verified extents kept hot.
@@ -343,6 +356,7 @@ impl Drive {
                 counters: stats::Counters::default(),
                 hot: Mutex::new(lru::LruCache::new(hot_entries)),
                 inflight: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
                 cache: cache::DiskCache::new(cache_budget),
                 prefetch: cache::Prefetcher::new(prefetch_budget, cache::MAX_WINDOW),
                 durable,
@@ -421,7 +435,18 @@ impl Drive {
                     continue;
                 }
             }
-            if !queued.contains(&i.ino) {
+            // Writes record the size in the database only when the file is closed or
+            // synced; the staging file always has the file's length.
+            let meta = fs::metadata(&staging).ok();
+            let grown = meta.as_ref().is_some_and(|m| m.len() != i.size);
+            if let Some(m) = meta.filter(|_| grown) {
+                i.size = m.len();
+                if let Ok(t) = m.modified() {
+                    i.mtime = i.mtime.max(Time::from_system(t));
+                    i.ctime = i.ctime.max(i.mtime);
+                }
+            }
+            if !queued.contains(&i.ino) || grown {
                 i.data_gen += 1;
                 meta::put_inode(&tx, &i)?;
                 meta::queue_upload(&tx, i.ino, i.data_gen, i.size)?;
@@ -461,6 +486,7 @@ impl Drive {
     }
 
     fn remove_local_files(&self, ino: Ino) {
+        lock(&self.inner.pending).remove(&ino);
         let _ = fs::remove_file(self.staging_path(ino));
         // The cache index knows every `cache/files/INO.*` (no directory scan per unlink).
         self.cache_remove_files(ino);
@@ -532,6 +558,40 @@ impl Drive {
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Inode> {
         self.read_db(|c| meta::inode(c, ino))
+            .map(|i| self.overlay(i))
+    }
+
+    /// `i` with what writes changed and the database does not hold yet.
+    fn overlay(&self, mut i: Inode) -> Inode {
+        if let Some(p) = lock(&self.inner.pending).get(&i.ino) {
+            i.size = p.size;
+            i.mtime = p.mtime;
+            i.ctime = i.ctime.max(p.mtime);
+        }
+        i
+    }
+
+    /// Writes what writes changed of `ino` into the database (before anything that reads
+    /// and sets its size or times there).
+    fn settle(&self, ino: Ino) -> FsResult<()> {
+        let Some(p) = lock(&self.inner.pending).get(&ino).copied() else {
+            return Ok(());
+        };
+        self.txn(|tx| {
+            let Some(mut i) = meta::get_inode(tx, ino)? else {
+                return Ok(());
+            };
+            i.size = p.size;
+            i.mtime = p.mtime;
+            i.ctime = i.ctime.max(p.mtime);
+            meta::put_inode(tx, &i)
+        })?;
+        let mut pending = lock(&self.inner.pending);
+        // A write that came in meanwhile left a newer entry: that one stays.
+        if pending.get(&ino) == Some(&p) {
+            pending.remove(&ino);
+        }
+        Ok(())
     }
 
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Inode> {
@@ -551,6 +611,7 @@ impl Drive {
             };
             meta::inode(c, ino)
         })
+        .map(|i| self.overlay(i))
     }
 
     pub async fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -748,6 +809,7 @@ impl Drive {
             meta::put_inode(tx, &p)?;
             Ok(i)
         })
+        .map(|i| self.overlay(i))
     }
 
     /// Drops one link of `i` (already unlinked from its directory); deletes it when no link
@@ -974,6 +1036,7 @@ impl Drive {
         if let Some(size) = set.size {
             self.truncate(ino, size).await?;
         }
+        self.settle(ino)?;
         self.txn(|tx| {
             let mut i = meta::inode(tx, ino)?;
             let now = Time::now();
@@ -1021,6 +1084,7 @@ impl Drive {
             }
             Ok(i)
         })
+        .map(|i| self.overlay(i))
     }
 
     // ---- files ---------------------------------------------------------------------------
@@ -1291,23 +1355,26 @@ impl Drive {
         let live = self.pin(ino);
         let result = async {
             let mut data = live.data.write().await;
-            let i = self.stage(ino, &mut data, false).await?;
-            let file = self.staging_file(ino, &mut data)?;
+            // An open staging file means the inode is staged; with a pending size, the
+            // database has nothing this write needs.
+            let known = lock(&self.inner.pending).get(&ino).map(|p| p.size);
+            let (file, size) = match (&data.file, known) {
+                (Some(f), Some(size)) => (f.clone(), size),
+                _ => {
+                    let i = self.stage(ino, &mut data, false).await?;
+                    (self.staging_file(ino, &mut data)?, i.size)
+                }
+            };
             file.write_all_at(bytes, offset)
                 .map_err(io_err(format!("write staging file of inode {ino}")))?;
             self.inner.counters.bytes_written(bytes.len());
             data.dirty = true;
             data.wgen += 1;
-            let now = Time::now();
-            let size = i.size.max(end);
-            self.read_db(|c| {
-                c.prepare_cached(
-                    "UPDATE inodes SET size = ?2, mtime_s = ?3, mtime_ns = ?4, ctime_s = ?3,
-                        ctime_ns = ?4 WHERE ino = ?1",
-                )?
-                .execute(rusqlite::params![ino, size, now.sec, now.nsec])?;
-                Ok(())
-            })?;
+            let mtime = Time::now();
+            let mut pending = lock(&self.inner.pending);
+            let size = pending.get(&ino).map_or(size, |p| p.size).max(end);
+            pending.insert(ino, PendingAttr { size, mtime });
+            drop(pending);
             u32::try_from(bytes.len()).map_err(|_| FsError::TooBig)
         }
         .await;
@@ -1329,6 +1396,7 @@ impl Drive {
         let result = async {
             let mut data = live.data.write().await;
             self.stage(ino, &mut data, size == 0).await?;
+            self.settle(ino)?;
             let file = self.staging_file(ino, &mut data)?;
             file.set_len(size)
                 .map_err(io_err(format!("truncate staging file of inode {ino}")))?;
@@ -1364,6 +1432,7 @@ impl Drive {
         if !data.dirty {
             return Ok(self.getattr(ino).await?.data_gen);
         }
+        self.settle(ino)?;
         let g = self.txn(|tx| {
             let mut i = meta::inode(tx, ino)?;
             i.data_gen += 1;

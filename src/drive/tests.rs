@@ -1235,3 +1235,61 @@ async fn concurrent_writers_and_the_uploader_agree() {
     }
     stop(d).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sizes_and_times_of_writes_reach_the_database_at_close_and_before_setattr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store();
+    let d = start(config(tmp.path()), &store).await;
+    let (ino, fh) = create(&d, ROOT, "f").await;
+    write_all(&d, fh, 0, &pattern(10_000, 1)).await;
+    // Writes are seen at once, though not yet in the database.
+    assert_eq!(d.getattr(ino).await.unwrap().size, 10_000);
+    assert_eq!(lookup_ino(&d, ROOT, "f").await, ino);
+    assert_eq!(d.lookup(ROOT, os("f")).await.unwrap().size, 10_000);
+    let in_db = |d: &Drive| d.read_db(|c| meta::inode(c, ino)).unwrap();
+    assert_eq!(in_db(&d).size, 0);
+    // An explicit mtime after writes (cp -p, tar, rsync do this before close) wins.
+    let old = Time {
+        sec: 1_000_000,
+        nsec: 5,
+    };
+    let i = d
+        .setattr(
+            ino,
+            SetAttr {
+                mtime: Some(TimeSet::At(old)),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((i.size, i.mtime), (10_000, old));
+    assert_eq!((in_db(&d).size, in_db(&d).mtime), (10_000, old));
+    // A later write moves it on again; close records it.
+    write_all(&d, fh, 20_000, b"tail").await;
+    let i = d.getattr(ino).await.unwrap();
+    assert_eq!(i.size, 20_004);
+    assert!(i.mtime > old);
+    d.release(fh).await.unwrap();
+    assert_eq!(in_db(&d).size, 20_004);
+    assert_eq!(in_db(&d).mtime, i.mtime);
+    // Truncate after writes keeps the truncated size.
+    let fh = d.open(ino, libc::O_WRONLY).await.unwrap();
+    write_all(&d, fh, 30_000, b"more").await;
+    let i = d
+        .setattr(
+            ino,
+            SetAttr {
+                size: Some(5),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.size, 5);
+    d.release(fh).await.unwrap();
+    d.wait_idle().await.unwrap();
+    assert_eq!(read_file(&d, ino).await.unwrap(), pattern(10_000, 1)[..5]);
+    stop(d).await;
+}
