@@ -84,10 +84,14 @@ pub struct MountArgs {
     /// worth is pending, 0 to 600 (fsync, flush and unmount never wait) [default: 30].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=600))]
     pub pack_wait: Option<u64>,
-    /// Use the kernel's writeback cache (read-write mounts): writes are gathered in the page
-    /// cache and reach the drive in large batches, at the latest at close or fsync.
-    #[arg(long)]
+    /// Use the kernel's writeback cache on read-write mounts (the default): writes are
+    /// gathered in the page cache and reach the drive in large batches, at the latest at
+    /// close or fsync.
+    #[arg(long, overrides_with = "no_writeback_cache")]
     pub writeback_cache: bool,
+    /// Send every write(2) to the drive as it happens instead (slower for small writes).
+    #[arg(long)]
+    pub no_writeback_cache: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) at /metrics
     /// [default: no metrics].
     #[arg(long, value_name = "ADDR")]
@@ -127,6 +131,7 @@ impl MountArgs {
             (self.sync_on_close, "--sync-on-close"),
             (self.allow_other, "--allow-other"),
             (self.writeback_cache, "--writeback-cache"),
+            (self.no_writeback_cache, "--no-writeback-cache"),
         ] {
             if on {
                 v.push(flag.into());
@@ -201,7 +206,8 @@ fn settings(args: &MountArgs, config: &Config) -> anyhow::Result<Settings> {
             .unwrap_or(DEFAULT_UPLOAD_GRACE),
         max_pack,
         pack_wait: args.pack_wait.or(f.pack_wait).unwrap_or(DEFAULT_PACK_WAIT),
-        writeback_cache: args.writeback_cache || f.writeback_cache.unwrap_or(false),
+        writeback_cache: args.writeback_cache
+            || (!args.no_writeback_cache && f.writeback_cache.unwrap_or(true)),
         metrics_addr,
         log: f.log.clone(),
     })

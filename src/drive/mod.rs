@@ -1209,7 +1209,7 @@ impl Drive {
         if let Some(b) = lock(&self.inner.hot).get(&e.hash).cloned() {
             return Ok(b);
         }
-        let result = self.load_extent(ino, e).await.map(Arc::new);
+        let result = self.load_extent(ino, e).await;
         if let Ok(b) = &result {
             lock(&self.inner.hot).put(e.hash, b.clone());
         }
@@ -1218,19 +1218,34 @@ impl Drive {
         result
     }
 
-    async fn load_extent(&self, ino: Ino, e: &Extent) -> FsResult<Vec<u8>> {
+    async fn load_extent(&self, ino: Ino, e: &Extent) -> FsResult<Arc<Vec<u8>>> {
         let path = self.extent_cache_path(&e.hash);
-        if let Ok(bytes) = fs::read(&path) {
-            if bytes.len() as u64 == e.len && *blake3::hash(&bytes).as_bytes() == e.hash {
+        // Reading, hashing and writing megabytes of cache would stall the async workers
+        // that serve every other FUSE request: that work runs on the blocking pool.
+        let (len, hash) = (e.len, e.hash);
+        let p = path.clone();
+        let cached = tokio::task::spawn_blocking(move || {
+            let bytes = fs::read(&p).ok()?;
+            let good = bytes.len() as u64 == len && *blake3::hash(&bytes).as_bytes() == hash;
+            Some(good.then_some(bytes))
+        })
+        .await
+        .ok()
+        .flatten();
+        match cached {
+            Some(Some(bytes)) => {
                 self.inner
                     .counters
                     .read_from(stats::ReadSource::ExtentCache);
                 self.cache_touch(&cache::Key::Extent(e.hash));
-                return Ok(bytes);
+                return Ok(Arc::new(bytes));
             }
-            warn!(path = %path.display(), "cached extent is damaged; fetching it again");
-            self.cache_forget(&cache::Key::Extent(e.hash));
-            let _ = fs::remove_file(&path);
+            Some(None) => {
+                warn!(path = %path.display(), "cached extent is damaged; fetching it again");
+                self.cache_forget(&cache::Key::Extent(e.hash));
+                let _ = fs::remove_file(&path);
+            }
+            None => {}
         }
         self.inner.counters.read_from(stats::ReadSource::Network);
         let bytes = self
@@ -1238,16 +1253,25 @@ impl Drive {
             .store
             .get(e.blob_id, e.blob_off..e.blob_off + e.len)
             .await?;
-        if bytes.len() as u64 != e.len || *blake3::hash(&bytes).as_bytes() != e.hash {
-            return Err(FsError::Corrupt {
-                ino,
-                offset: e.file_off,
-            });
-        }
-        let tmp = path.with_extension("tmp");
-        if fs::write(&tmp, &bytes).is_ok() && fs::rename(&tmp, &path).is_ok() {
-            self.cache_add(cache::Key::Extent(e.hash));
-        }
+        let bytes = tokio::task::spawn_blocking(move || {
+            let good = bytes.len() as u64 == len && *blake3::hash(&bytes).as_bytes() == hash;
+            good.then(|| Arc::new(bytes))
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or(FsError::Corrupt {
+            ino,
+            offset: e.file_off,
+        })?;
+        // Readers need not wait for the cache copy.
+        let (d, b) = (self.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("tmp");
+            if fs::write(&tmp, &*b).is_ok() && fs::rename(&tmp, &path).is_ok() {
+                d.cache_add(cache::Key::Extent(hash));
+            }
+        });
         Ok(bytes)
     }
 
