@@ -98,7 +98,13 @@ fn export_then_import_on_another_drive() {
     // Import from the file into drive B, and from standard input into drive C.
     let b = home.join("b");
     let o = walrusfs(
-        &["key", "import", "backup.key", "--data-dir", b.to_str().unwrap()],
+        &[
+            "key",
+            "import",
+            "backup.key",
+            "--data-dir",
+            b.to_str().unwrap(),
+        ],
         home,
         None,
     );
@@ -135,11 +141,7 @@ fn a_mistyped_key_is_refused() {
     typo[at] = if typo[at] == b'x' { b'y' } else { b'x' };
     let typo = String::from_utf8(typo).unwrap();
     for bad in [typo.as_str(), &text[..text.len() - 3], "walrusfs-key-v1:"] {
-        let o = walrusfs(
-            &["key", "import", "-", "--data-dir", "d"],
-            home,
-            Some(bad),
-        );
+        let o = walrusfs(&["key", "import", "-", "--data-dir", "d"], home, Some(bad));
         assert!(!o.status.success(), "{bad}");
         let err = stderr(&o);
         assert!(
@@ -161,7 +163,11 @@ fn import_refuses_to_replace_a_different_key_without_force() {
     let new = DriveKey::from_bytes([9; 32]);
     let new_text = format!("{}\n", &*new.to_text());
 
-    let o = walrusfs(&["key", "import", "-", "--data-dir", d_s], home, Some(&new_text));
+    let o = walrusfs(
+        &["key", "import", "-", "--data-dir", d_s],
+        home,
+        Some(&new_text),
+    );
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
@@ -182,7 +188,11 @@ fn import_refuses_to_replace_a_different_key_without_force() {
     assert_eq!(DriveKey::load(&key_file(&d)).unwrap(), new);
     assert_eq!(mode(&key_file(&d)), 0o600);
     let kept = d.join(format!("drive/key.replaced-{}", old.id()));
-    assert!(stderr(&o).contains(kept.to_str().unwrap()), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(kept.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(DriveKey::load(&kept).unwrap(), old);
 }
 
@@ -245,6 +255,9 @@ fn help_explains_the_key() {
         assert!(o.status.success());
         let help = stdout(&o);
         assert!(help.contains("--data-dir"), "{help}");
-        assert!(help.contains("Walrus is public") || help.contains("--force"), "{help}");
+        assert!(
+            help.contains("Walrus is public") || help.contains("--force"),
+            "{help}"
+        );
     }
 }

@@ -191,8 +191,7 @@ impl DriveKey {
                 ));
             }
             return Err(KeyError::Malformed(
-                "a key starts with `walrusfs-key-v1:` (as printed by `walrusfs key export`)"
-                    .into(),
+                "a key starts with `walrusfs-key-v1:` (as printed by `walrusfs key export`)".into(),
             ));
         };
         let raw = Zeroizing::new(URL_SAFE_NO_PAD.decode(body).map_err(|e| {
@@ -416,9 +415,15 @@ mod tests {
         for bad in [0o644, 0o640, 0o604, 0o620, 0o602] {
             fs::set_permissions(&path, fs::Permissions::from_mode(bad)).unwrap();
             let e = DriveKey::load(&path).unwrap_err();
-            assert!(matches!(e, KeyError::Permissions { mode, .. } if mode == bad), "{e}");
+            assert!(
+                matches!(e, KeyError::Permissions { mode, .. } if mode == bad),
+                "{e}"
+            );
             let msg = e.to_string();
-            assert!(msg.contains("chmod 600") && msg.contains(&format!("{bad:04o}")), "{msg}");
+            assert!(
+                msg.contains("chmod 600") && msg.contains(&format!("{bad:04o}")),
+                "{msg}"
+            );
             // Nor does load_or_create paper over it with a new key.
             assert!(matches!(
                 DriveKey::load_or_create(&path),
@@ -506,7 +511,10 @@ mod tests {
         let e = b.install(&path, false).unwrap_err();
         assert!(matches!(e, KeyError::WouldReplace { .. }), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains(&a.id().to_string()) && msg.contains("--force"), "{msg}");
+        assert!(
+            msg.contains(&a.id().to_string()) && msg.contains("--force"),
+            "{msg}"
+        );
         assert_eq!(DriveKey::load(&path).unwrap(), a);
 
         let Installed::Replaced { backup } = b.install(&path, true).unwrap() else {
