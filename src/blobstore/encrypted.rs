@@ -108,8 +108,8 @@ pub enum CryptError {
     )]
     NotEncrypted { blob_id: BlobId, reason: String },
     #[error(
-        "blob {blob_id} uses encryption format version {version}, but this walrusfs reads only \
-         version {VERSION}; upgrade walrusfs"
+        "blob {blob_id} says it uses encryption format version {version}, but this walrusfs \
+         reads only version {VERSION}: upgrade walrusfs (or the blob was tampered with)"
     )]
     Version { blob_id: BlobId, version: u8 },
     #[error(

@@ -269,7 +269,7 @@ impl DriveKey {
     /// Installs this key at `path` (`walrusfs key import`). An existing identical key is left
     /// as it is. A different existing key, or a file that is not a usable key, is replaced only
     /// with `force`; the replaced file is kept beside it as `key.replaced-ID` (or
-    /// `key.replaced-unreadable`), so a mistaken import can be undone.
+    /// `key.replaced-unreadable-TIME`), so a mistaken import can be undone.
     pub fn install(&self, path: &Path, force: bool) -> Result<Installed, KeyError> {
         let existing = match DriveKey::load(path) {
             Ok(k) => Some(Ok(k)),
@@ -297,24 +297,32 @@ impl DriveKey {
             Some(old) => {
                 let suffix = match &old {
                     Ok(k) => format!("replaced-{}", k.id()),
-                    Err(_) => "replaced-unreadable".to_owned(),
+                    Err(_) => format!("replaced-unreadable-{}", unix_now_secs()),
                 };
                 let backup = path.with_extension(suffix);
-                fs::rename(path, &backup).map_err(|source| KeyError::Io {
-                    what: "cannot move the old drive key aside to",
+                // The old key stays reachable under its new name, and `path` always holds a
+                // whole key (the old or the new one), whenever this process may die.
+                let _ = fs::remove_file(&backup);
+                fs::hard_link(path, &backup).map_err(|source| KeyError::Io {
+                    what: "cannot keep the old drive key as",
                     path: backup.clone(),
                     source,
                 })?;
-                self.write_new(path)?;
+                self.write_file(path, true)?;
                 Ok(Installed::Replaced { backup })
             }
         }
     }
 
-    /// Writes the key to `path`, which must not exist: a temporary file created with
-    /// `O_EXCL` and mode 0600, synced, then hard-linked to `path` (which fails rather than
-    /// replaces if `path` appeared meanwhile), then the directory synced.
+    /// Writes the key to `path`, which must not exist (see [`Self::write_file`]).
     fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        self.write_file(path, false)
+    }
+
+    /// Writes the key to `path` atomically: a temporary file created with `O_EXCL` and mode
+    /// 0600, synced, then renamed over `path` if `replace`, else hard-linked to it (which
+    /// fails rather than replaces if `path` appeared meanwhile); then the directory synced.
+    fn write_file(&self, path: &Path, replace: bool) -> Result<(), KeyError> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -346,7 +354,11 @@ impl DriveKey {
             f.write_all(text.as_bytes())
                 .map_err(io_err("cannot write", &tmp))?;
             f.sync_all().map_err(io_err("cannot sync", &tmp))?;
-            fs::hard_link(&tmp, path).map_err(io_err("cannot create the drive key file", path))
+            if replace {
+                fs::rename(&tmp, path).map_err(io_err("cannot replace the drive key file", path))
+            } else {
+                fs::hard_link(&tmp, path).map_err(io_err("cannot create the drive key file", path))
+            }
         })();
         let _ = fs::remove_file(&tmp);
         result?;
@@ -365,6 +377,12 @@ pub enum Installed {
     Unchanged,
     /// Another key (or an unusable file) was there and was moved to `backup`.
     Replaced { backup: PathBuf },
+}
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn checksum(key: &[u8; KEY_LEN]) -> [u8; CHECKSUM_LEN] {
