@@ -15,7 +15,7 @@
 //!
 //! [`MemoryStore`] keeps blobs in memory, for unit tests of the layers above.
 
-mod encrypted;
+pub mod encrypted;
 pub mod key;
 mod memory;
 mod walrus;
