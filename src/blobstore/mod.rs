@@ -9,16 +9,21 @@
 //! - a later `walrus-http` backend (publisher + aggregator): blob-level put, ranged get, a
 //!   per-backend maximum blob size, blob objects owned by the publisher's wallet
 //!   ([`StoredBlob::owner`]);
-//! - encrypted blobs: the drive records per blob how it is framed ([`StoredBlob`] says nothing
-//!   about content; framing lives in the drive's `blobs` table).
+//! - encrypted blobs ([`EncryptedStore`], wrapping any of the above with a [`DriveKey`]): the
+//!   drive records per blob how it is framed ([`StoredBlob`] says nothing about content;
+//!   framing lives in the drive's `blobs` table).
 //!
 //! [`MemoryStore`] keeps blobs in memory, for unit tests of the layers above.
 
+pub mod encrypted;
+pub mod key;
 mod memory;
 mod walrus;
 
 use std::ops::Range;
 
+pub use encrypted::{CryptError, EncryptedStore, FRAMING};
+pub use key::{DriveKey, KeyError, KeyId};
 pub use memory::MemoryStore;
 pub use walrus::WalrusStore;
 
@@ -66,7 +71,8 @@ pub struct StoredBlob {
     /// Who owns the blob object: `None` for our own key, else an address (a publisher's
     /// wallet). Only the owner can extend or delete.
     pub owner: Option<String>,
-    /// Unencoded length in bytes.
+    /// Unencoded length in bytes: the bytes `get` addresses (for [`EncryptedStore`], the
+    /// plaintext, not the ciphertext the network holds).
     pub size: u64,
     /// Length the network bills for (encoded slivers plus metadata, per shard summed).
     pub encoded_size: u64,

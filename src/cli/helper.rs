@@ -51,7 +51,7 @@ pub const IGNORED: &[&str] = &[
 ];
 
 const SUBCOMMANDS: &[&str] = &[
-    "mount", "umount", "status", "flush", "blob", "devnet", "node", "help",
+    "mount", "umount", "status", "flush", "blob", "devnet", "node", "help", "key",
 ];
 
 /// Whether this invocation is the mount helper's.

@@ -5,6 +5,7 @@ mod blob;
 mod config;
 mod devnet;
 mod helper;
+mod key;
 mod logging;
 mod mount;
 mod node;
@@ -50,6 +51,10 @@ pub enum Command {
     Devnet(devnet::DevnetCommand),
     /// Run a storage node serving the Walrus storage-node REST API.
     Node(node::NodeArgs),
+    /// Back up or restore the key that encrypts the drive's blobs (`key export`,
+    /// `key import`).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 /// Runs the parsed command line. `walrusfs mount` sets up logging itself, once it has read
@@ -66,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blob(cmd) => blob::run(cmd),
         Command::Devnet(cmd) => devnet::run(cmd),
         Command::Node(args) => node::run(args),
+        Command::Key(cmd) => key::run(cmd),
     }
 }
 
