@@ -425,10 +425,12 @@ impl Drive {
                 let cached = self.file_cache_path(i.ino, i.uploaded_gen);
                 self.cache_forget(&cache::Key::File(i.ino, i.uploaded_gen));
                 if fs::rename(&cached, &staging).is_err() {
-                    warn!(
-                        ino = i.ino,
-                        "staged file has no staging file; using its extents"
-                    );
+                    if i.data_gen > 0 {
+                        warn!(
+                            ino = i.ino,
+                            "staged file has no staging file; using its extents"
+                        );
+                    }
                     i.staged = false;
                     meta::put_inode(&tx, &i)?;
                     meta::remove_upload(&tx, i.ino)?;
@@ -577,21 +579,46 @@ impl Drive {
         let Some(p) = lock(&self.inner.pending).get(&ino).copied() else {
             return Ok(());
         };
-        self.txn(|tx| {
-            let Some(mut i) = meta::get_inode(tx, ino)? else {
-                return Ok(());
-            };
-            i.size = p.size;
-            i.mtime = p.mtime;
-            i.ctime = i.ctime.max(p.mtime);
-            meta::put_inode(tx, &i)
-        })?;
-        let mut pending = lock(&self.inner.pending);
-        // A write that came in meanwhile left a newer entry: that one stays.
-        if pending.get(&ino) == Some(&p) {
-            pending.remove(&ino);
+        // A file created and closed unwritten: the database already says the same.
+        let same = self
+            .read_db(|c| meta::get_inode(c, ino))?
+            .is_none_or(|i| i.size == p.size && i.mtime == p.mtime);
+        if same {
+            let mut pending = lock(&self.inner.pending);
+            if pending.get(&ino) == Some(&p) {
+                pending.remove(&ino);
+            }
+            return Ok(());
         }
-        Ok(())
+        self.settled_txn(ino, |_, _| Ok(()))
+    }
+
+    /// Runs `f` in one transaction on `ino` as it is, what writes changed included (`f`
+    /// gets it; what it stores with `put_inode` holds those changes).
+    fn settled_txn<T>(
+        &self,
+        ino: Ino,
+        f: impl FnOnce(&Transaction<'_>, Option<Inode>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let p = lock(&self.inner.pending).get(&ino).copied();
+        let out = self.txn(|tx| {
+            let mut i = meta::get_inode(tx, ino)?;
+            if let (Some(i), Some(p)) = (i.as_mut(), p) {
+                i.size = p.size;
+                i.mtime = p.mtime;
+                i.ctime = i.ctime.max(p.mtime);
+                meta::put_inode(tx, i)?;
+            }
+            f(tx, i)
+        })?;
+        if let Some(p) = p {
+            let mut pending = lock(&self.inner.pending);
+            // A write that came in meanwhile left a newer entry: that one stays.
+            if pending.get(&ino) == Some(&p) {
+                pending.remove(&ino);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Inode> {
@@ -695,11 +722,19 @@ impl Drive {
                 ctime: now,
                 crtime: now,
                 parent: (kind == Kind::Dir).then_some(parent),
-                staged: false,
+                // A new regular file is staged from the start (its staging file is empty),
+                // so that its first write costs no database round trip.
+                staged: kind == Kind::File,
                 data_gen: 0,
                 uploaded_gen: 0,
             };
             let new = meta::insert_inode(tx, &new, target)?;
+            if new.staged {
+                // Before the commit: a staged inode must have its staging file. Should the
+                // commit fail, the file belongs to no inode and nothing reads it.
+                let path = self.staging_path(new.ino);
+                File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
+            }
             meta::add_dentry(tx, parent, name, new.ino)?;
             if let Some(a) = access_acl {
                 meta::set_xattr(tx, new.ino, acl::ACCESS, &a)?;
@@ -775,6 +810,21 @@ impl Drive {
     ) -> FsResult<(Inode, u64)> {
         let inode = self.make(caller, parent, name, Kind::File, mode, umask, 0, None)?;
         let fh = self.open_handle(inode.ino, flags);
+        let live = self.pin(inode.ino);
+        {
+            let mut data = live.data.write().await;
+            // Writes through this handle go straight to the staging file.
+            if self.staging_file(inode.ino, &mut data).is_ok() {
+                lock(&self.inner.pending).insert(
+                    inode.ino,
+                    PendingAttr {
+                        size: 0,
+                        mtime: inode.mtime,
+                    },
+                );
+            }
+        }
+        self.unpin(inode.ino);
         Ok((inode, fh))
     }
 
@@ -1036,9 +1086,8 @@ impl Drive {
         if let Some(size) = set.size {
             self.truncate(ino, size).await?;
         }
-        self.settle(ino)?;
-        self.txn(|tx| {
-            let mut i = meta::inode(tx, ino)?;
+        self.settled_txn(ino, |tx, i| {
+            let mut i = i.ok_or(FsError::NotFound)?;
             let now = Time::now();
             let mut changed = false;
             if let Some(mode) = set.mode {
@@ -1264,14 +1313,15 @@ impl Drive {
             ino,
             offset: e.file_off,
         })?;
-        // Readers need not wait for the cache copy.
+        // Awaited, so that the cache is back under its budget when the read returns.
         let (d, b) = (self.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || {
+        let _ = tokio::task::spawn_blocking(move || {
             let tmp = path.with_extension("tmp");
             if fs::write(&tmp, &*b).is_ok() && fs::rename(&tmp, &path).is_ok() {
                 d.cache_add(cache::Key::Extent(hash));
             }
-        });
+        })
+        .await;
         Ok(bytes)
     }
 
@@ -1456,9 +1506,8 @@ impl Drive {
         if !data.dirty {
             return Ok(self.getattr(ino).await?.data_gen);
         }
-        self.settle(ino)?;
-        let g = self.txn(|tx| {
-            let mut i = meta::inode(tx, ino)?;
+        let g = self.settled_txn(ino, |tx, i| {
+            let mut i = i.ok_or(FsError::NotFound)?;
             i.data_gen += 1;
             meta::put_inode(tx, &i)?;
             meta::queue_upload(tx, ino, i.data_gen, i.size)?;
@@ -1517,16 +1566,24 @@ impl Drive {
         if last {
             let mut data = live.data.write().await;
             data.file = None;
-            let deleted = self.txn(|tx| {
-                let Some(i) = meta::get_inode(tx, ino)? else {
-                    return Ok(false);
-                };
-                if i.nlink == 0 && self.open_count(ino).0 == 0 {
-                    meta::delete_inode(tx, ino)?;
-                    return Ok(true);
-                }
-                Ok(false)
-            })?;
+            if !data.dirty {
+                self.settle(ino)?;
+            }
+            // Most closes find a linked file: a read says so without a write transaction.
+            let unlinked = self
+                .read_db(|c| meta::get_inode(c, ino))?
+                .is_some_and(|i| i.nlink == 0);
+            let deleted = unlinked
+                && self.txn(|tx| {
+                    let Some(i) = meta::get_inode(tx, ino)? else {
+                        return Ok(false);
+                    };
+                    if i.nlink == 0 && self.open_count(ino).0 == 0 {
+                        meta::delete_inode(tx, ino)?;
+                        return Ok(true);
+                    }
+                    Ok(false)
+                })?;
             if deleted {
                 self.remove_local_files(ino);
             } else {
@@ -1546,6 +1603,13 @@ impl Drive {
     /// clean one, keeping the staging file as its file cache. `data` is the held data lock.
     fn try_unstage(&self, ino: Ino, data: &LiveData) -> FsResult<()> {
         if data.dirty || self.open_count(ino).0 > 0 {
+            return Ok(());
+        }
+        // Usually the upload is still to come: no write transaction for that.
+        let clean = self
+            .read_db(|c| meta::get_inode(c, ino))?
+            .is_some_and(|i| i.staged && i.uploaded_gen == i.data_gen);
+        if !clean {
             return Ok(());
         }
         let cached = self.txn(|tx| {
