@@ -136,8 +136,12 @@ impl GrpcSuiReader {
     {
         match tokio::time::timeout(self.timeout, rpc).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(status_error(&self.url, subject, &status)),
-            Err(_) => Err(SuiError::Unavailable(format!(
+            Ok(Err(status)) if status.code() != Code::DeadlineExceeded => {
+                Err(status_error(&self.url, subject, &status))
+            }
+            // The deadline travels with the request too, so the client library may report it
+            // as DeadlineExceeded before our own timer fires.
+            Ok(Err(_)) | Err(_) => Err(SuiError::Unavailable(format!(
                 "{} did not answer within {:?} when asked for {subject}",
                 self.url, self.timeout
             ))),
