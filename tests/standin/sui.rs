@@ -402,7 +402,7 @@ impl LedgerService for Service {
             let data = MoveStruct::new(wrong, true, s.version(), s.contents().to_vec()).unwrap();
             object = Object::new(
                 ObjectData::Struct(data),
-                object.owner().clone(),
+                *object.owner(),
                 object.previous_transaction(),
                 object.storage_rebate(),
             );
