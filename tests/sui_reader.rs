@@ -84,6 +84,30 @@ async fn blob_objects_round_trip_certified_or_not() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_share_one_reader() {
+    let standin = SuiStandIn::start();
+    let reader = std::sync::Arc::new(reader(&standin));
+    let blobs: Vec<_> = (0..16).map(|i| blob(0x70 + i, Some(4))).collect();
+    for b in &blobs {
+        standin.insert_blob(b.clone());
+    }
+    let tasks: Vec<_> = blobs
+        .iter()
+        .cloned()
+        .map(|b| {
+            let reader = reader.clone();
+            tokio::spawn(async move {
+                assert_eq!(reader.blob_object(b.object_id).await.unwrap(), b);
+                assert_eq!(reader.current_epoch().await.unwrap(), 1);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn missing_object_is_not_found() {
     let standin = SuiStandIn::start();

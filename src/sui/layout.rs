@@ -630,6 +630,63 @@ mod tests {
         assert_eq!(versioned_inner_field_id(parent, 3), expected);
     }
 
+    fn arb_blob() -> impl proptest::strategy::Strategy<Value = BlobObject> {
+        use proptest::prelude::*;
+        (
+            any::<([u8; 32], u32, [u8; 32], u64, u8)>(),
+            any::<(Option<u32>, bool)>(),
+            any::<([u8; 32], u32, u32, u64)>(),
+        )
+            .prop_map(
+                |((id, reg, blob_id, size, enc), (cert, del), (sid, s, e, ss))| BlobObject {
+                    object_id: id,
+                    registered_epoch: reg,
+                    blob_id: BlobId(blob_id),
+                    size,
+                    encoding_type: enc,
+                    certified_epoch: cert,
+                    storage: StorageResource {
+                        object_id: sid,
+                        start_epoch: s,
+                        end_epoch: e,
+                        storage_size: ss,
+                    },
+                    deletable: del,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_blob_round_trips(blob in arb_blob()) {
+            proptest::prop_assert_eq!(decode_blob(&encode_blob(&blob)).unwrap(), blob);
+        }
+
+        /// Decoding is strict: whatever decodes re-encodes to the very same bytes, so no two
+        /// byte strings (say, a bool byte of 2) pass for the same blob. And nothing panics.
+        #[test]
+        fn decoders_are_strict_on_mutated_bytes(
+            blob in arb_blob(),
+            edits in proptest::collection::vec((0usize..200, proptest::prelude::any::<u8>()), 0..4),
+            cut in 0usize..200,
+        ) {
+            let mut bytes = encode_blob(&blob);
+            for (at, b) in edits {
+                let len = bytes.len();
+                bytes[at % len] = b;
+            }
+            let bytes = &bytes[..bytes.len().min(cut.max(100))];
+            if let Ok(decoded) = decode_blob(bytes) {
+                proptest::prop_assert_eq!(encode_blob(&decoded), bytes.to_vec());
+            }
+            if let Ok(event) = decode_blob_certified(bytes) {
+                proptest::prop_assert_eq!(encode_blob_certified(&event), bytes.to_vec());
+            }
+            let _ = decode_staking_inner_field_prefix(bytes);
+            let _ = decode_versioned_object_prefix(bytes, "test");
+        }
+    }
+
     #[test]
     fn object_ids_print_and_parse() {
         let id = [0x0b; 32];
