@@ -11,6 +11,11 @@ use std::sync::Mutex;
 
 use crate::encoding::BlobId;
 
+pub mod grpc;
+pub mod layout;
+
+pub use grpc::GrpcSuiReader;
+
 /// A Sui object ID (32 bytes).
 pub type ObjectId = [u8; 32];
 
