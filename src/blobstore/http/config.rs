@@ -119,9 +119,7 @@ pub enum WalrusHttpConfigError {
         value: String,
         allowed: String,
     },
-    #[error(
-        "Walrus client config {walrus_config} (named by `walrus_config` in {path}): {message}"
-    )]
+    #[error("Walrus client config {walrus_config} (named by `walrus_config` in {path}): {message}")]
     WalrusConfig {
         path: String,
         walrus_config: String,
@@ -233,14 +231,13 @@ impl WalrusHttpConfig {
                 KEYS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
             ),
         })?;
-        let invalid = |key: &'static str, value: String, allowed: &str| {
-            WalrusHttpConfigError::Invalid {
+        let invalid =
+            |key: &'static str, value: String, allowed: &str| WalrusHttpConfigError::Invalid {
                 path: shown.clone(),
                 key,
                 value,
                 allowed: allowed.to_string(),
-            }
-        };
+            };
         if raw.backend != BACKEND {
             return Err(invalid(
                 "backend",
@@ -256,22 +253,21 @@ impl WalrusHttpConfig {
                 p.to_path_buf()
             }
         };
-        let publishers = urls(&raw.publishers)
-            .map_err(|v| invalid("publishers", v, URL_ALLOWED))?;
-        let aggregators = urls(&raw.aggregators)
-            .map_err(|v| invalid("aggregators", v, URL_ALLOWED))?;
+        let publishers =
+            urls(&raw.publishers).map_err(|v| invalid("publishers", v, URL_ALLOWED))?;
+        let aggregators =
+            urls(&raw.aggregators).map_err(|v| invalid("aggregators", v, URL_ALLOWED))?;
 
         let publisher_auth_token = match &raw.publisher_auth_token_file {
             None => None,
             Some(p) => {
                 let p = resolve(p);
-                let token = std::fs::read_to_string(&p).map_err(|source| {
-                    WalrusHttpConfigError::Read {
+                let token =
+                    std::fs::read_to_string(&p).map_err(|source| WalrusHttpConfigError::Read {
                         what: "publisher_auth_token_file",
                         path: p.display().to_string(),
                         source,
-                    }
-                })?;
+                    })?;
                 let token = token.trim().to_string();
                 if token.is_empty() || token.contains(char::is_whitespace) {
                     return Err(invalid(
@@ -297,7 +293,11 @@ impl WalrusHttpConfig {
             if (min..=max).contains(&v) {
                 Ok(Duration::from_secs(v))
             } else {
-                Err(invalid(key, v.to_string(), &format!("use {min} to {max} seconds")))
+                Err(invalid(
+                    key,
+                    v.to_string(),
+                    &format!("use {min} to {max} seconds"),
+                ))
             }
         };
         let request_timeout = secs(
@@ -472,7 +472,12 @@ impl WalrusClientConfig {
                     Value::Number(n) => n.as_u64().map(|n| format!("0x{n:x}")),
                     _ => None,
                 })
-                .ok_or_else(|| format!("{} is missing; copy it from the network's published client_config.yaml", in_ctx(key)))?;
+                .ok_or_else(|| {
+                    format!(
+                        "{} is missing; copy it from the network's published client_config.yaml",
+                        in_ctx(key)
+                    )
+                })?;
             parse_object_id(&v).ok_or_else(|| {
                 format!(
                     "{} = {v:?} is not a Sui object ID (0x and up to 64 hex digits)",
@@ -514,7 +519,12 @@ impl WalrusClientConfig {
                         })
                 })
                 .collect::<Result<_, _>>()?,
-            Some(v) => return Err(format!("{} = {v} is not a list of URLs", in_ctx("rpc_urls"))),
+            Some(v) => {
+                return Err(format!(
+                    "{} = {v} is not a list of URLs",
+                    in_ctx("rpc_urls")
+                ));
+            }
         };
         Ok(Self {
             context: chosen,
@@ -594,7 +604,10 @@ default_context: testnet
         assert_eq!(c.staking_object[31], 0x00);
         assert_eq!(c.sui_rpc, "https://fullnode.testnet.sui.io:443");
         assert_eq!(c.publishers, ["http://127.0.0.1:1"]);
-        assert_eq!(c.aggregators, ["http://127.0.0.1:2", "https://agg.example/x"]);
+        assert_eq!(
+            c.aggregators,
+            ["http://127.0.0.1:2", "https://agg.example/x"]
+        );
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.max_blob_size().unwrap(), DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.read_timeout, Duration::from_secs(30));
@@ -618,7 +631,10 @@ default_context: testnet
         assert_eq!(c.max_blob_size().unwrap(), 1_834_952);
         let p = write(dir.path(), "net3.toml", &network("context = \"mainnet\""));
         let e = WalrusHttpConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("no context `mainnet`") && e.contains("testnet"), "{e}");
+        assert!(
+            e.contains("no context `mainnet`") && e.contains("testnet"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -662,7 +678,11 @@ default_context: testnet
         let p = write(dir.path(), "net.toml", &network("colour = 1"));
         let e = WalrusHttpConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("colour") && e.contains("publishers"), "{e}");
-        let p = write(dir.path(), "net.toml", &network("").replace("walrus-http", "walrus"));
+        let p = write(
+            dir.path(),
+            "net.toml",
+            &network("").replace("walrus-http", "walrus"),
+        );
         let e = WalrusHttpConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("`backend`"), "{e}");
     }
@@ -675,9 +695,15 @@ default_context: testnet
         let bad_obj = SINGLE.replace("0xa2637d", "0xz2637d");
         let e = WalrusClientConfig::parse(&bad_obj, None).unwrap_err();
         assert!(e.contains("`system_object`"), "{e}");
-        let e = WalrusClientConfig::parse(&MULTI.replace("n_shards: 10\n", "n_shards: 2\n"), Some("local"))
-            .unwrap_err();
-        assert!(e.contains("in context `local`") && e.contains("4 to"), "{e}");
+        let e = WalrusClientConfig::parse(
+            &MULTI.replace("n_shards: 10\n", "n_shards: 2\n"),
+            Some("local"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("in context `local`") && e.contains("4 to"),
+            "{e}"
+        );
         // No rpc_urls and no sui_rpc: the network file load says where to add one.
         let dir = tempfile::tempdir().unwrap();
         write(
@@ -688,8 +714,15 @@ default_context: testnet
         let p = write(dir.path(), "net.toml", &network(""));
         let e = WalrusHttpConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("rpc_urls") && e.contains("sui_rpc"), "{e}");
-        let p = write(dir.path(), "net.toml", &network("sui_rpc = \"http://127.0.0.1:9\""));
-        assert_eq!(WalrusHttpConfig::load(&p).unwrap().sui_rpc, "http://127.0.0.1:9");
+        let p = write(
+            dir.path(),
+            "net.toml",
+            &network("sui_rpc = \"http://127.0.0.1:9\""),
+        );
+        assert_eq!(
+            WalrusHttpConfig::load(&p).unwrap().sui_rpc,
+            "http://127.0.0.1:9"
+        );
     }
 
     #[test]
@@ -711,7 +744,10 @@ default_context: testnet
             &network("publisher_auth_token_file = \"missing\""),
         );
         let e = WalrusHttpConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("publisher_auth_token_file") && e.contains("missing"), "{e}");
+        assert!(
+            e.contains("publisher_auth_token_file") && e.contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]

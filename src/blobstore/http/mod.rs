@@ -194,9 +194,10 @@ impl WalrusHttpStore {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
         debug!(%url, size = body.len(), blob_id = %want.blob_id, "storing through a publisher");
-        let resp = req.send().await.map_err(|e| {
-            Attempt::Transient(describe(&e, self.config.request_timeout))
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Attempt::Transient(describe(&e, self.config.request_timeout)))?;
         let status = resp.status();
         let answer = read_body(resp, MAX_ANSWER_BYTES, self.config.request_timeout)
             .await
@@ -205,7 +206,9 @@ impl WalrusHttpStore {
             return Err(self.publisher_status(publisher, status, &answer, body.len()));
         }
         let answer = wire::parse_store_answer(&answer).map_err(|e| {
-            Attempt::Rejected(format!("answered something that is not a store result: {e}"))
+            Attempt::Rejected(format!(
+                "answered something that is not a store result: {e}"
+            ))
         })?;
         match answer {
             StoreAnswer::NewlyCreated { blob_id, object_id } => {
@@ -278,9 +281,7 @@ impl WalrusHttpStore {
                  lower it to the publisher's limit (10485760 for the public ones)",
                 self.config.max_body_bytes
             ))),
-            408 | 429 | 500..=599 => {
-                Attempt::Transient(format!("{status}: {message}"))
-            }
+            408 | 429 | 500..=599 => Attempt::Transient(format!("{status}: {message}")),
             _ => Attempt::Stop(BlobStoreError::Failed(format!(
                 "publisher {publisher} refused the store ({status}): {message}"
             ))),
@@ -347,7 +348,11 @@ impl WalrusHttpStore {
         let deadline = Instant::now() + self.config.sui_wait;
         let mut pause = Duration::from_millis(100);
         let ev = loop {
-            match self.sui.certified_event(&event.tx_digest, event.event_seq).await {
+            match self
+                .sui
+                .certified_event(&event.tx_digest, event.event_seq)
+                .await
+            {
                 Ok(ev) => break ev,
                 Err(SuiError::NotFound(_)) if Instant::now() + pause <= deadline => {
                     tokio::time::sleep(pause).await;
@@ -396,7 +401,13 @@ impl WalrusHttpStore {
         })
     }
 
-    fn stored(&self, want: &Want, object_id: ObjectId, publisher: &str, obj: &BlobObject) -> StoredBlob {
+    fn stored(
+        &self,
+        want: &Want,
+        object_id: ObjectId,
+        publisher: &str,
+        obj: &BlobObject,
+    ) -> StoredBlob {
         StoredBlob {
             blob_id: want.blob_id,
             object_id: Some(object_id),
@@ -414,8 +425,9 @@ impl WalrusHttpStore {
         let start = self.next_aggregator.fetch_add(1, Ordering::Relaxed) % n;
         let health = self.lock_health();
         let now = Instant::now();
-        let cooling =
-            |i: usize| health.failed_at[i].is_some_and(|t| now.duration_since(t) < AGGREGATOR_COOLDOWN);
+        let cooling = |i: usize| {
+            health.failed_at[i].is_some_and(|t| now.duration_since(t) < AGGREGATOR_COOLDOWN)
+        };
         let rotated = (0..n).map(|k| (start + k) % n);
         let mut order: Vec<usize> = rotated.clone().filter(|&i| !cooling(i)).collect();
         let mut rest: Vec<usize> = rotated.filter(|&i| cooling(i)).collect();
@@ -512,7 +524,10 @@ impl WalrusHttpStore {
             }
             StatusCode::NOT_FOUND => Err(ReadFailure::NotFound),
             StatusCode::RANGE_NOT_SATISFIABLE => Err(ReadFailure::BadRange(
-                content_range.as_deref().and_then(parse_content_range).and_then(|r| r.2),
+                content_range
+                    .as_deref()
+                    .and_then(parse_content_range)
+                    .and_then(|r| r.2),
             )),
             _ => {
                 let body = read_body(resp, MAX_ANSWER_BYTES, timeout)
@@ -723,7 +738,9 @@ impl BlobStore for WalrusHttpStore {
         }
         if let Some(Some(len)) = bad_range
             && failures.len() + not_found == n
-            && failures.iter().all(|f| f.ends_with("416 range not satisfiable"))
+            && failures
+                .iter()
+                .all(|f| f.ends_with("416 range not satisfiable"))
         {
             return Err(BlobStoreError::BadRange {
                 blob_id,
@@ -841,9 +858,21 @@ mod tests {
             parse_content_range("bytes 0-9/100"),
             Some((Some(0), Some(9), Some(100)))
         );
-        assert_eq!(parse_content_range("bytes 5-5/*"), Some((Some(5), Some(5), None)));
-        assert_eq!(parse_content_range("bytes */42"), Some((None, None, Some(42))));
-        for bad in ["bytes 9-0/100", "items 0-1/2", "bytes 0-1", "bytes a-b/3", ""] {
+        assert_eq!(
+            parse_content_range("bytes 5-5/*"),
+            Some((Some(5), Some(5), None))
+        );
+        assert_eq!(
+            parse_content_range("bytes */42"),
+            Some((None, None, Some(42)))
+        );
+        for bad in [
+            "bytes 9-0/100",
+            "items 0-1/2",
+            "bytes 0-1",
+            "bytes a-b/3",
+            "",
+        ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }

@@ -31,7 +31,11 @@ pub(crate) struct EventRef {
 
 impl std::fmt::Display for EventRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "event {} of transaction {}", self.event_seq, self.tx_digest)
+        write!(
+            f,
+            "event {} of transaction {}",
+            self.event_seq, self.tx_digest
+        )
     }
 }
 
@@ -249,7 +253,8 @@ mod tests {
         let body = serde_json::json!({"alreadyCertified": {"blob_id": ID, "end_epoch": "9",
             "event": {"txDigest": bytes, "eventSeq": 2}}});
         assert_eq!(parse_store_answer(body.to_string().as_bytes()).unwrap(), a);
-        let body = format!(r#"{{"alreadyCertified":{{"blobId":"{ID}","object":"{OBJ}","endEpoch":9}}}}"#);
+        let body =
+            format!(r#"{{"alreadyCertified":{{"blobId":"{ID}","object":"{OBJ}","endEpoch":9}}}}"#);
         assert!(matches!(
             parse_store_answer(body.as_bytes()).unwrap(),
             StoreAnswer::AlreadyCertified { proof: Proof::Object(o), .. } if o[0] == 0x56
