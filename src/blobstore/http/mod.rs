@@ -126,10 +126,7 @@ impl WalrusHttpStore {
         let encoding = config.encoding().map_err(|e| {
             BlobStoreError::Failed(format!("{}: n_shards: {e}", config.path.display()))
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("walrusfs/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = http_client(config.connect_timeout)
             .map_err(|e| BlobStoreError::Failed(format!("cannot set up HTTP: {e}")))?;
         let health = ReadHealth {
             failed_at: vec![None; config.aggregators.len()],
@@ -784,6 +781,14 @@ impl WalrusHttpStore {
     }
 }
 
+/// The HTTP client of the backend: HTTPS (rustls, the system's roots) and plain HTTP.
+fn http_client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("walrusfs/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 fn sui_error(e: SuiError, what: &str) -> BlobStoreError {
     let msg = format!("cannot read {what} from Sui: {e}");
     match e {
@@ -851,6 +856,30 @@ fn parse_content_range(v: &str) -> Option<(Option<u64>, Option<u64>, Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The public services are HTTPS only: an https URL must get a TLS handshake.
+    #[tokio::test]
+    async fn https_urls_speak_tls() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 3];
+            sock.read_exact(&mut first).await.unwrap();
+            first
+        });
+        let http = http_client(Duration::from_secs(2)).unwrap();
+        let sent = http
+            .get(format!("https://127.0.0.1:{port}/v1/blobs/x"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        assert!(sent.is_err());
+        // A TLS record of type handshake (22), version 3.x: a ClientHello.
+        let first = server.await.unwrap();
+        assert_eq!((first[0], first[1]), (0x16, 0x03), "{first:?}");
+    }
 
     #[test]
     fn content_range_forms() {
