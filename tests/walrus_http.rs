@@ -523,3 +523,76 @@ async fn faults_can_be_set_over_the_admin_endpoint() {
     assert_eq!(f.aggregators, [AggregatorFault::Slow { ms: 5 }]);
     assert!(s.store.put(data(10, 1), DELETABLE).await.is_err());
 }
+
+/// The whole path: a drive over this backend, with every aggregator lying about the bytes
+/// (right length, wrong content). The drive's per-extent BLAKE3 check refuses them (EIO,
+/// `FsError::Corrupt`); once an honest aggregator answers, the file reads back intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drive_over_walrus_http_refuses_wrong_bytes() {
+    use std::ffi::OsStr;
+    use walrusfs::drive::{Caller, Drive, DriveConfig, FsError, ROOT};
+
+    let s = setup(2).await;
+    let store: Arc<dyn BlobStore> =
+        Arc::new(WalrusHttpStore::new(s.config.clone(), s.sui.clone()).unwrap());
+    let data_dir = s.dir.join("drive");
+    let mut config = DriveConfig::new(&data_dir);
+    config.max_pack = 256 << 10;
+    config.extent_size = 64 << 10;
+    config.pack_linger = Duration::from_millis(10);
+    let content = data(150_000, 8);
+
+    let d = Drive::start(config.clone(), store.clone()).await.unwrap();
+    let (inode, fh) = d
+        .create(
+            Caller::ROOT,
+            ROOT,
+            OsStr::new("f"),
+            0o644,
+            0o022,
+            libc::O_RDWR,
+        )
+        .await
+        .unwrap();
+    let mut off = 0;
+    for chunk in content.chunks(50_000) {
+        d.write(fh, off, chunk).await.unwrap();
+        off += chunk.len() as u64;
+    }
+    d.fsync(fh).await.unwrap();
+    d.release(fh).await.unwrap();
+    d.shutdown(Duration::ZERO).await;
+    drop(d);
+    // Read from the network again, not from the drive's cache.
+    std::fs::remove_dir_all(data_dir.join("cache")).unwrap();
+    s.standin.update_faults(|f| {
+        f.aggregators = vec![AggregatorFault::WrongBytes, AggregatorFault::WrongBytes]
+    });
+
+    // The uploader of the stopped drive lets go of the data directory shortly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        match Drive::start(config.clone(), store.clone()).await {
+            Ok(d) => break d,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("drive does not start again: {e}"),
+        }
+    };
+    let fh = d.open(inode.ino, libc::O_RDONLY).await.unwrap();
+    let e = d.read(fh, 0, 4096).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(matches!(e, FsError::Corrupt { .. }), "{e}");
+    s.standin.update_faults(|f| f.aggregators.clear());
+    let mut got = Vec::new();
+    while got.len() < content.len() {
+        let chunk = d.read(fh, got.len() as u64, 131_072).await.unwrap();
+        assert!(!chunk.is_empty());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, content);
+    d.release(fh).await.unwrap();
+    d.shutdown(Duration::ZERO).await;
+}
