@@ -206,12 +206,23 @@ async fn a_short_already_certified_answer_is_stored_again_with_force() {
     let q = s.standin.publisher_requests();
     assert_eq!(q.len(), 2, "{q:?}");
     assert_eq!(q[1].query, "epochs=3&force=true");
+    // The object of a deletable blob: enough for a deletable store, not for a permanent one.
+    s.standin
+        .update_faults(|f| f.answer = PublisherAnswer::AlreadyCertifiedObject);
+    let stored = s.store.put(data(2000, 7), DELETABLE).await.unwrap();
+    assert!(stored.deletable);
+    assert_eq!(s.standin.publisher_requests().len(), 3);
+    let stored = s.store.put(data(2000, 8), PERMANENT).await.unwrap();
+    assert!(!stored.deletable);
+    let q = s.standin.publisher_requests();
+    assert_eq!(q.len(), 5, "{q:?}");
+    assert_eq!(q[4].query, "epochs=3&force=true&permanent=true");
     // A plain alreadyCertified event that lasts long enough is accepted as it is.
     s.standin
         .update_faults(|f| f.answer = PublisherAnswer::AlreadyCertifiedEvent);
     let stored = s.store.put(data(2000, 6), PERMANENT).await.unwrap();
     assert!(!stored.deletable && stored.end_epoch == 4);
-    assert_eq!(s.standin.publisher_requests().len(), 3);
+    assert_eq!(s.standin.publisher_requests().len(), 6);
 }
 
 #[tokio::test]

@@ -65,6 +65,9 @@ pub enum PublisherAnswer {
     Normal,
     /// `alreadyCertified` with a `BlobCertified` event of a permanent blob (recorded on Sui).
     AlreadyCertifiedEvent,
+    /// `alreadyCertified` with the object of a deletable blob (recorded on Sui), whatever
+    /// was asked for.
+    AlreadyCertifiedObject,
     /// `alreadyCertified` with an event whose end epoch is one short of what was asked.
     AlreadyCertifiedShort,
     /// `markedInvalid`.

@@ -181,6 +181,23 @@ async fn put_blob(
                 );
                 return already_certified_event(&c, named_id, camel);
             }
+            PublisherAnswer::AlreadyCertifiedObject => {
+                let c = certify(
+                    &s,
+                    named_id,
+                    body.len() as u64,
+                    encoded_length,
+                    epoch,
+                    wanted_end,
+                    true,
+                    true,
+                );
+                return Json(json!({"alreadyCertified": {
+                    key("blobId", "blob_id"): named_id.to_string(),
+                    "object": object_hex(&c.object_id),
+                    key("endEpoch", "end_epoch"): c.end_epoch}}))
+                .into_response();
+            }
             PublisherAnswer::Normal => {
                 let existing = lock(&s.certified).get(&blob_id).cloned();
                 if let Some(c) = existing

@@ -302,7 +302,16 @@ impl WalrusHttpStore {
             let problem = match self.sui.blob_object(object_id).await {
                 Ok(obj) => {
                     if let Some(wrong) = want.wrong_object(&obj) {
-                        return Err(Attempt::Rejected(format!("Sui object {shown} {wrong}")));
+                        let msg = format!("Sui object {shown} {wrong}");
+                        // An earlier deletable blob does not serve a permanent store: store
+                        // again. Any other mismatch is a wrong answer.
+                        return Err(
+                            if already && obj.blob_id == want.blob_id && obj.size == want.size {
+                                Attempt::NotEnough(msg)
+                            } else {
+                                Attempt::Rejected(msg)
+                            },
+                        );
                     }
                     match want.short_object(&obj) {
                         None => return Ok(self.stored(want, object_id, publisher, &obj)),
