@@ -6,16 +6,16 @@
 //! backend fits without a schema change in the drive:
 //! - `walrus` ([`WalrusStore`]): our own client over storage nodes and a ledger (the embedded
 //!   devnet, or any network file);
-//! - a later `walrus-http` backend (publisher + aggregator): blob-level put, ranged get, a
-//!   per-backend maximum blob size, blob objects owned by the publisher's wallet
-//!   ([`StoredBlob::owner`]);
-//! - encrypted blobs ([`EncryptedStore`], wrapping any of the above with a [`DriveKey`]): the
-//!   drive records per blob how it is framed ([`StoredBlob`] says nothing about content;
-//!   framing lives in the drive's `blobs` table).
+//! - `walrus-http` ([`WalrusHttpStore`]): a publisher and aggregators over HTTP, every
+//!   answer checked (blob IDs computed here, certifications read from Sui): blob-level put,
+//!   ranged get, a per-backend maximum blob size, blob objects owned by the publisher's
+//!   wallet ([`StoredBlob::owner`], hence [`BlobStoreError::NotOwner`] for delete/extend);
+//! - encrypted blobs ([`EncryptedStore`], wrapping any of the above with a [`DriveKey`]).
 //!
 //! [`MemoryStore`] keeps blobs in memory, for unit tests of the layers above.
 
 pub mod encrypted;
+pub mod http;
 pub mod key;
 mod memory;
 mod walrus;
@@ -23,6 +23,7 @@ mod walrus;
 use std::ops::Range;
 
 pub use encrypted::{CryptError, EncryptedStore, FRAMING};
+pub use http::{WalrusHttpConfig, WalrusHttpStore};
 pub use key::{DriveKey, KeyError, KeyId};
 pub use memory::MemoryStore;
 pub use walrus::WalrusStore;
@@ -49,6 +50,18 @@ pub enum BlobStoreError {
     /// The network could not do it now; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// The blob's ledger object belongs to someone else's wallet (a publisher's), so this
+    /// backend cannot delete or extend it; the blob stays stored until its end epoch.
+    #[error(
+        "cannot {operation} blob {blob_id}: its Sui object belongs to the wallet of {owner}, and \
+         this backend ({backend}) holds no wallet; the blob stays stored until its end epoch"
+    )]
+    NotOwner {
+        operation: &'static str,
+        blob_id: BlobId,
+        owner: String,
+        backend: &'static str,
+    },
     /// Anything else; retrying will not help.
     #[error("{0}")]
     Failed(String),

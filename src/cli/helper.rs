@@ -9,7 +9,7 @@
 //! SOURCE is the data directory (`walrusfs` or `none` for the default one). Options:
 //! `data_dir=DIR`, `network=FILE`, `config=FILE`, `epochs=N`, `upload_grace=SECS`,
 //! `max_pack=SIZE`, `metrics_addr=ADDR`, `ro`, `rw`, `allow_other`, `sync_on_close`,
-//! `writeback_cache`, `no_writeback_cache`.
+//! `writeback_cache`, `no_writeback_cache`, `public`.
 //! Ignored (they concern mount(8) or systemd, or are always on): [`IGNORED`] and any `x-…`
 //! or `comment=…`. Anything else is an error, unless `-s` (sloppy) is given.
 
@@ -165,12 +165,13 @@ pub fn parse(args: &[OsString]) -> anyhow::Result<Invocation> {
             "sync_on_close" => m.sync_on_close = true,
             "writeback_cache" => m.writeback_cache = true,
             "no_writeback_cache" => m.no_writeback_cache = true,
+            "public" => m.public = true,
             _ if IGNORED.contains(&key) || key.starts_with("x-") || key == "comment" => {}
             _ if sloppy => warn!(option = opt, "ignoring an unknown mount option (-s)"),
             _ => bail!(
                 "unknown mount option `{opt}`; walrusfs takes data_dir=, network=, config=, \
                  epochs=, upload_grace=, max_pack=, metrics_addr=, ro, rw, allow_other, \
-                 sync_on_close, writeback_cache, no_writeback_cache, and ignores {}, x-* and comment=",
+                 sync_on_close, writeback_cache, no_writeback_cache, public, and ignores {}, x-* and comment=",
                 IGNORED.join(", ")
             ),
         }

@@ -19,13 +19,17 @@ use super::config::{
     DEFAULT_UPLOAD_GRACE,
 };
 use super::notify::notify;
-use crate::blobstore::{BlobStore, WalrusStore};
+use crate::blobstore::http::is_walrus_http_network_file;
+use crate::blobstore::{
+    BlobStore, DriveKey, EncryptedStore, FRAMING, WalrusHttpConfig, WalrusHttpStore, WalrusStore,
+};
 use crate::client::{Client, ClientConfig};
 use crate::control::{ControlServer, MountContext, NetworkSource};
 use crate::devnet::{DevnetParams, EmbeddedNetwork, NetworkFile};
 use crate::drive::{Drive, DriveConfig};
 use crate::fuse::WalrusFuse;
 use crate::metrics::{Metrics, MetricsServer};
+use crate::sui::GrpcSuiReader;
 
 /// Environment variable through which `--daemon` hands the child the pipe it reports
 /// readiness on.
@@ -92,6 +96,12 @@ pub struct MountArgs {
     /// Send every write(2) to the drive as it happens instead (slower for small writes).
     #[arg(long)]
     pub no_writeback_cache: bool,
+    /// On a walrus-http network (Walrus testnet/mainnet through a publisher): store file
+    /// contents unencrypted, readable by anyone who learns a blob ID (for datasets meant to
+    /// be shared). Without it such drives are encrypted with a key kept in the data
+    /// directory; see `walrusfs key export`. Chosen when the drive is created.
+    #[arg(long)]
+    pub public: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) at /metrics
     /// [default: no metrics].
     #[arg(long, value_name = "ADDR")]
@@ -132,6 +142,7 @@ impl MountArgs {
             (self.allow_other, "--allow-other"),
             (self.writeback_cache, "--writeback-cache"),
             (self.no_writeback_cache, "--no-writeback-cache"),
+            (self.public, "--public"),
         ] {
             if on {
                 v.push(flag.into());
@@ -155,6 +166,7 @@ struct Settings {
     max_pack: u64,
     pack_wait: u64,
     writeback_cache: bool,
+    public: bool,
     metrics_addr: Option<SocketAddr>,
     log: Option<String>,
 }
@@ -208,6 +220,7 @@ fn settings(args: &MountArgs, config: &Config) -> anyhow::Result<Settings> {
         pack_wait: args.pack_wait.or(f.pack_wait).unwrap_or(DEFAULT_PACK_WAIT),
         writeback_cache: args.writeback_cache
             || (!args.no_writeback_cache && f.writeback_cache.unwrap_or(true)),
+        public: args.public,
         metrics_addr,
         log: f.log.clone(),
     })
@@ -312,6 +325,91 @@ fn daemonize(args: &MountArgs, settings: &Settings) -> anyhow::Result<()> {
     bail!("{reason}");
 }
 
+/// Whether `path` describes a `walrus-http` network (publisher + aggregators) rather than
+/// a network of our own nodes.
+fn is_http_network(path: &Path) -> bool {
+    fs::read_to_string(path).is_ok_and(|t| is_walrus_http_network_file(&t))
+}
+
+/// The marker in the drive directory that records whether the drive's blobs are encrypted:
+/// fixed when the drive is created, since blobs written one way cannot be read the other.
+const ENCRYPTION_MARKER: &str = "encryption";
+
+/// The blob store of a `walrus-http` network: publisher and aggregators checked against Sui,
+/// encrypted with the drive key unless the drive is public.
+fn http_store(path: &Path, drive_dir: &Path, public: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let config = WalrusHttpConfig::load(path)?;
+    let sui = GrpcSuiReader::new(&config.sui_rpc, config.system_object, config.staking_object)
+        .with_context(|| format!("cannot use the Sui full node {}", config.sui_rpc))?;
+    let http: Arc<dyn BlobStore> = Arc::new(WalrusHttpStore::new(config, Arc::new(sui))?);
+    let marker = drive_dir.join(ENCRYPTION_MARKER);
+    let recorded = fs::read_to_string(&marker).ok();
+    let has_blobs = drive_has_blobs(drive_dir);
+    let key_path = DriveKey::path_in(drive_dir);
+    match recorded.as_deref().map(str::trim) {
+        Some("public") if !public => bail!(
+            "this drive was created with --public: its blobs are not encrypted; mount it with \
+             --public (or use a new data directory for an encrypted drive)"
+        ),
+        Some(r) if r != "public" && public => bail!(
+            "this drive is encrypted ({r}); it cannot be mounted --public (use a new data \
+             directory for a public drive)"
+        ),
+        None if has_blobs => bail!(
+            "the drive in {} holds blobs but does not record whether they are encrypted \
+             ({} is missing); restore that file, or use a new data directory",
+            drive_dir.display(),
+            marker.display()
+        ),
+        _ => {}
+    }
+    if public {
+        write_marker(&marker, "public")?;
+        warn!(
+            "public drive: file contents are stored unencrypted and anyone who learns a blob ID can read them"
+        );
+        return Ok(http);
+    }
+    if recorded.is_some() && !key_path.exists() {
+        bail!(
+            "the drive key {} is missing, and this drive's blobs are encrypted with it; \
+             restore it with `walrusfs key import FILE --data-dir DIR` (a new key cannot read \
+             them)",
+            key_path.display()
+        );
+    }
+    let (key, created) = DriveKey::load_or_create(&key_path)?;
+    if created {
+        warn!(key_id = %key.id(), path = %key_path.display(),
+            "created this drive's encryption key; back it up now with `walrusfs key export` \
+             (without it the drive cannot be read)");
+    }
+    write_marker(&marker, &format!("{FRAMING} {}", key.id()))?;
+    Ok(Arc::new(EncryptedStore::new(http, key)))
+}
+
+fn write_marker(path: &Path, text: &str) -> anyhow::Result<()> {
+    if fs::read_to_string(path).is_ok_and(|t| t.trim() == text) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{text}\n"))
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Whether the drive's metadata records any blob (a drive that has stored something).
+fn drive_has_blobs(drive_dir: &Path) -> bool {
+    let db = drive_dir.join("meta.db");
+    if !db.exists() {
+        return false;
+    }
+    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT EXISTS (SELECT 1 FROM blobs)", [], |r| r.get(0)))
+        .unwrap_or(true)
+}
+
 /// Mounts, serves until unmounted, then stops cleanly.
 fn serve(settings: &Settings, ready: Option<OwnedFd>) -> anyhow::Result<()> {
     let mut ready = ready.map(File::from);
@@ -342,8 +440,15 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
         .build()
         .context("cannot start the async runtime")?;
 
-    let (store, network, source, epoch_duration) = rt.block_on(async {
+    // Our own client leaves uploads to slow nodes running after a put; they get a moment at
+    // unmount.
+    let (store, walrus, network, source, epoch_duration) = rt.block_on(async {
         match &args.network {
+            Some(path) if is_http_network(path) => {
+                let store = http_store(path, &drive_dir, args.public)?;
+                let source = NetworkSource::File { path: path.clone() };
+                anyhow::Ok((store, None, None, source, None))
+            }
             Some(path) => {
                 let network = NetworkFile::load(path)?;
                 let ledger = network.ledger_config().open().with_context(|| {
@@ -352,8 +457,10 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
                 let epoch_duration = ledger.params().ok().and_then(|p| p.epoch_duration);
                 let client = Client::new(ledger, ClientConfig::default())?;
                 let source = NetworkSource::File { path: path.clone() };
+                let walrus = Arc::new(WalrusStore::new(client));
                 anyhow::Ok((
-                    Arc::new(WalrusStore::new(client)),
+                    walrus.clone() as Arc<dyn BlobStore>,
+                    Some(walrus),
                     None,
                     source,
                     epoch_duration,
@@ -371,9 +478,10 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
                     .params()
                     .ok()
                     .and_then(|p| p.epoch_duration);
-                let store = Arc::new(WalrusStore::new(network.client().clone()));
+                let walrus = Arc::new(WalrusStore::new(network.client().clone()));
                 Ok((
-                    store,
+                    walrus.clone() as Arc<dyn BlobStore>,
+                    Some(walrus),
                     Some(Arc::new(network)),
                     NetworkSource::Embedded { dir },
                     epoch_duration,
@@ -397,7 +505,7 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
             .max(Duration::from_millis(200));
     }
     let drive = rt
-        .block_on(Drive::start(config, store.clone() as Arc<dyn BlobStore>))
+        .block_on(Drive::start(config, store.clone()))
         .with_context(|| format!("cannot open the drive in {}", drive_dir.display()))?;
 
     let ctx = Arc::new(MountContext {
@@ -521,9 +629,9 @@ fn serve_inner(args: &Settings, ready: &mut Option<File>) -> anyhow::Result<()> 
     }
     rt.block_on(async {
         drive.shutdown(Duration::from_secs(args.upload_grace)).await;
-        store
-            .finish_background_uploads(Duration::from_secs(5))
-            .await;
+        if let Some(w) = &walrus {
+            w.finish_background_uploads(Duration::from_secs(5)).await;
+        }
         control.stop().await;
         if let Some(m) = metrics_server {
             m.stop().await;

@@ -483,8 +483,14 @@ impl Drive {
                 )
             })?;
             if !used {
-                self.inner.store.delete(blob_id).await?;
-                debug!(%blob_id, "unreferenced blob deleted");
+                match self.inner.store.delete(blob_id).await {
+                    Ok(()) => debug!(%blob_id, "unreferenced blob deleted"),
+                    // Someone else's object (a publisher's): it expires at its end epoch.
+                    Err(e @ crate::blobstore::BlobStoreError::NotOwner { .. }) => {
+                        debug!(%blob_id, reason = %e, "unreferenced blob left to expire");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             self.txn(|tx| {
                 if used {
@@ -509,7 +515,7 @@ impl Drive {
         let due: Vec<(BlobId, u64)> = self.read_db(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT b.blob_id, b.end_epoch FROM blobs b
-                 WHERE b.end_epoch <= ?1 AND b.owner IS NULL
+                 WHERE b.end_epoch <= ?1
                    AND EXISTS (SELECT 1 FROM extents e WHERE e.blob_id = b.blob_id)",
             )?;
             let rows = stmt.query_map([epoch + RENEW_MARGIN], |r| {
