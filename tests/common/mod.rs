@@ -1,5 +1,10 @@
 //! Shared harness for tests against a real FUSE mount: runs `walrusfs mount` (the real
 //! binary, embedded network included) on a temporary directory and tears it down.
+//!
+//! With `WALRUSFS_TEST_BACKEND=walrus-http`, every mount (that names no network itself)
+//! runs instead over the TEST-ONLY stand-in publisher, aggregators and Sui full node
+//! (`examples/walrus_standin`, built by `cargo test`), one per mount, keeping its blobs in
+//! `DATA_DIR/standin` so that remounts find them: the same tests, on the other backend.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -14,6 +19,40 @@ pub struct Mount {
     pub mnt: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    standin: Option<Child>,
+}
+
+/// Starts the stand-in network for a mount of `data_dir` when the tests run on the
+/// `walrus-http` backend; returns it and the network file it wrote.
+fn start_standin(data_dir: &Path) -> Option<(Child, PathBuf)> {
+    use std::io::BufRead as _;
+    if std::env::var("WALRUSFS_TEST_BACKEND").ok()?.as_str() != "walrus-http" {
+        return None;
+    }
+    let exe = Path::new(EXE)
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("walrus_standin");
+    assert!(
+        exe.exists(),
+        "{} is missing: build it with `cargo build --examples` (or run `cargo test`)",
+        exe.display()
+    );
+    let mut child = Command::new(&exe)
+        .arg(data_dir.join("standin"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(path) = line.strip_prefix("network file: ") {
+            return Some((child, PathBuf::from(path)));
+        }
+    }
+    panic!("the stand-in exited before naming its network file");
 }
 
 fn is_mounted(mnt: &Path) -> bool {
@@ -41,11 +80,21 @@ impl Mount {
                 .as_nanos()
         ));
         let logf = std::fs::File::create(&log).unwrap();
+        let standin = if extra.contains(&"--network") {
+            None
+        } else {
+            start_standin(data_dir)
+        };
+        let network: Vec<PathBuf> = standin
+            .as_ref()
+            .map(|(_, p)| vec!["--network".into(), p.clone()])
+            .unwrap_or_default();
         let child = Command::new(EXE)
             .arg("mount")
             .arg(&mnt)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(&network)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -61,6 +110,7 @@ impl Mount {
             mnt: mnt.clone(),
             child: Some(child),
             log,
+            standin: standin.map(|(c, _)| c),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !is_mounted(&mnt) {
@@ -166,6 +216,10 @@ impl Drop for Mount {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(mut s) = self.standin.take() {
+            let _ = s.kill();
+            let _ = s.wait();
         }
     }
 }
