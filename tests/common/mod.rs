@@ -52,6 +52,8 @@ fn start_standin(data_dir: &Path) -> Option<(Child, PathBuf)> {
             return Some((child, PathBuf::from(path)));
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the stand-in exited before naming its network file");
 }
 
