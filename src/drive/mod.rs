@@ -261,7 +261,13 @@ struct Inner {
     durable: durable::Durability,
     /// Size and times changed by writes not yet in the database (see [`PendingAttr`]).
     pending: Mutex<HashMap<Ino, PendingAttr>>,
+    /// Whether any inode may have a `security.capability` xattr (set before one is stored,
+    /// never cleared while mounted).
+    caps: std::sync::atomic::AtomicBool,
 }
+
+/// The xattr the kernel asks for before every write(2) (to drop file capabilities).
+const CAPS_XATTR: &[u8] = b"security.capability";
 
 /// What writes changed in an inode since the database last recorded it. A write would
 /// otherwise cost an SQLite commit (a WAL append) per FUSE request; these reach the database
@@ -310,6 +316,13 @@ impl Drive {
             fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
         }
         let conn = meta::open(&dir.join("meta.db"), config.root_owner)?;
+        let caps = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM xattrs WHERE name = ?1)",
+                [CAPS_XATTR],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(FsError::from)?;
         // The names just created (directories, the database and its WAL) must outlive a power
         // loss before anything relies on them.
         for d in [
@@ -357,6 +370,7 @@ impl Drive {
                 hot: Mutex::new(lru::LruCache::new(hot_entries)),
                 inflight: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
+                caps: std::sync::atomic::AtomicBool::new(caps),
                 cache: cache::DiskCache::new(cache_budget),
                 prefetch: cache::Prefetcher::new(prefetch_budget, cache::MAX_WINDOW),
                 durable,
@@ -1761,6 +1775,12 @@ impl Drive {
 
     // ---- xattrs ----------------------------------------------------------------------------
 
+    /// Whether `getxattr(_, "security.capability")` may find something. The kernel asks for
+    /// it before every write(2); while no file has one, the FUSE layer answers at once.
+    pub fn no_file_capabilities(&self, name: &OsStr) -> bool {
+        name.as_bytes() == CAPS_XATTR && !self.inner.caps.load(Ordering::SeqCst)
+    }
+
     pub async fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
         self.read_db(|c| {
             meta::inode(c, ino)?;
@@ -1791,6 +1811,9 @@ impl Drive {
         let name = name.as_bytes();
         if name.is_empty() || name.len() > NAME_MAX {
             return Err(FsError::Range);
+        }
+        if name == CAPS_XATTR {
+            self.inner.caps.store(true, Ordering::SeqCst);
         }
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::TooBig);

@@ -640,6 +640,12 @@ impl Filesystem for WalrusFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Asked before every write(2): answered here, without a task and a database read,
+        // while no file in the drive has file capabilities.
+        if self.drive.no_file_capabilities(name) {
+            reply.error(Errno::from_i32(libc::ENODATA));
+            return;
+        }
         let name = name.to_owned();
         self.spawn(|d| async move {
             reply_xattr(reply, "getxattr", size, d.getxattr(ino.0, &name).await);
