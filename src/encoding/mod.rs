@@ -28,4 +28,4 @@ pub use error::{EncodingError, SliverDefect};
 pub use mapping::{pair_to_shard, shard_to_pair};
 pub use merkle::Node;
 pub use metadata::{BlobMetadata, BlobMetadataV1, BlobMetadataWithId, SliverPairMetadata};
-pub use sliver::Sliver;
+pub use sliver::{Sliver, SliverBcsReader, SliverView};
