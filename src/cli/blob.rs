@@ -142,11 +142,7 @@ impl NetworkArg {
             .ledger_config()
             .open()
             .with_context(|| format!("cannot open the ledger named in {}", path.display()))?;
-        let mut cc = ClientConfig::default();
-        if let Some(v) = std::env::var("WFS_PIPE").ok().and_then(|v| v.parse().ok()) {
-            cc.read_pipeline = v;
-        }
-        Ok(Client::new(ledger, cc)?)
+        Ok(Client::new(ledger, ClientConfig::default())?)
     }
 }
 

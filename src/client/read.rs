@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::sync::Semaphore;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -31,6 +30,14 @@ pub struct ReadStats {
     pub failures: Vec<String>,
 }
 
+/// How fast a blob is decoded from primary slivers, roughly (`examples/bench_encoding --ops
+/// decode`: about 100 MB/s on one core at n = 1000, whether one row is missing or most are),
+/// to weigh hedging against waiting.
+const DECODE_BYTES_PER_SEC: f64 = 1e8;
+
+/// A blob's primary sliver.
+type SliverKey = (BlobId, u16);
+
 /// What reads keep between calls: verified metadata (one round trip and a Merkle check saved
 /// per read of a known blob) and the last verified primary slivers (a reader going through a
 /// blob in ranges smaller than a sliver would otherwise fetch and verify each sliver again for
@@ -38,9 +45,7 @@ pub struct ReadStats {
 pub(super) struct ReadCache {
     metadata: std::sync::Mutex<lru::LruCache<BlobId, Arc<BlobMetadataWithId>>>,
     /// Symbols of verified primary slivers.
-    slivers: std::sync::Mutex<lru::LruCache<(BlobId, u16), Arc<[u8]>>>,
-    /// One sliver verification per core at a time (see [`verify_off_thread`]).
-    pub(super) verify_permits: Arc<Semaphore>,
+    slivers: std::sync::Mutex<lru::LruCache<SliverKey, Arc<[u8]>>>,
 }
 
 /// Verified metadata kept: at most 4096 × 64 bytes each (n = 4096).
@@ -54,9 +59,6 @@ impl Default for ReadCache {
         Self {
             metadata: std::sync::Mutex::new(lru::LruCache::new(n(METADATA_CACHE_ENTRIES))),
             slivers: std::sync::Mutex::new(lru::LruCache::new(n(SLIVER_CACHE_ENTRIES))),
-            verify_permits: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )),
         }
     }
 }
@@ -89,52 +91,30 @@ fn metadata_fetch(api: NodeApi, blob_id: BlobId) -> MetadataFetch {
     Box::pin(async move { (api.url().to_string(), api.get_metadata(&blob_id).await) })
 }
 
-/// Runs a sliver verification on the blocking pool once a permit is free. At most one
-/// verification per core runs at a time: more would only evict each other's few MB of
-/// working set from the caches and hold more memory, not finish sooner.
+/// Runs a sliver verification on rayon's pool: one thread per core, so verifications never
+/// outnumber the cores (more would only evict each other's few MB of working set from the
+/// caches), and the same few threads reuse their verification buffers from sliver to sliver.
 async fn verify_off_thread<T: Send + 'static>(
-    permits: Arc<Semaphore>,
     url: &str,
     verify: impl FnOnce() -> Result<T, EncodingError> + Send + 'static,
 ) -> Result<T, NodeError> {
-    let permit = permits.acquire_owned().await.map_err(|e| NodeError::Malformed {
-        url: url.to_string(),
-        reason: format!("sliver verification is shut down: {e}"),
-    })?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        verify()
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(EncodingError::Codec(format!(
-            "sliver verification stopped: {e}"
-        )))
-    })
-    .map_err(|source| NodeError::Invalid {
-        url: url.to_string(),
-        source,
-    })
-}
-
-/// Asks the kernel to back a large, not yet touched buffer with 2 MiB pages. Receiving a
-/// blob then costs one page fault per 2 MiB instead of one per 4 KiB: for 64 MiB, 16 000
-/// faults fewer, which measured as about a tenth of the client's CPU time on a read.
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(buf: &mut [u8]) {
-    const HUGE: usize = 2 << 20;
-    let start = buf.as_mut_ptr() as usize;
-    let (from, to) = (start.next_multiple_of(HUGE), (start + buf.len()) / HUGE * HUGE);
-    if to > from {
-        // SAFETY: `from..to` lies inside `buf`, which is borrowed mutably here; MADV_HUGEPAGE
-        // changes how the kernel backs the pages, never their contents. Failure (no THP
-        // support) leaves the buffer as it was, so the result is ignored.
-        let _ = unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        // A panic must not take rayon's pool (and the process) down: it becomes an error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(verify));
+        let _ = tx.send(result);
+    });
+    match rx.await {
+        Ok(Ok(result)) => result.map_err(|source| NodeError::Invalid {
+            url: url.to_string(),
+            source,
+        }),
+        Ok(Err(_)) | Err(_) => Err(NodeError::Malformed {
+            url: url.to_string(),
+            reason: "sliver verification failed unexpectedly (a bug: see the log)".into(),
+        }),
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_buf: &mut [u8]) {}
 
 fn no_node(pair: u16) -> NodeError {
     NodeError::Malformed {
@@ -163,7 +143,6 @@ impl Client {
     ) -> Fetch {
         let blob_id = metadata.blob_id;
         let api = self.sliver_node(committee, pair, &blob_id);
-        let permits = self.cache.verify_permits.clone();
         Box::pin(async move {
             let t = Instant::now();
             let Some(api) = api else {
@@ -185,7 +164,7 @@ impl Client {
                         reason: format!("asked for sliver {pair}, got sliver {index}"),
                     });
                 }
-                verify_off_thread(permits, api.url(), move || {
+                verify_off_thread(api.url(), move || {
                     SliverView {
                         sliver_type: SliverType::Primary,
                         index,
@@ -217,7 +196,6 @@ impl Client {
     ) -> Fetch {
         let blob_id = metadata.blob_id;
         let api = self.sliver_node(committee, pair, &blob_id);
-        let permits = self.cache.verify_permits.clone();
         Box::pin(async move {
             let t = Instant::now();
             let Some(api) = api else {
@@ -242,7 +220,7 @@ impl Client {
                         reason: format!("asked for sliver {pair}, got sliver {}", sliver.index),
                     });
                 }
-                verify_off_thread(permits, api.url(), move || {
+                verify_off_thread(api.url(), move || {
                     sliver
                         .verify(&config, &metadata.metadata)
                         .map(|()| Received::Owned(sliver))
@@ -322,6 +300,9 @@ impl Client {
         range: Option<Range<u64>>,
     ) -> Result<(Vec<u8>, ReadStats), ClientError> {
         let t0 = Instant::now();
+        // The codec's tables take a few ms to build, once per process: built on another core
+        // while the ledger and the metadata are read, not when the first sliver is verified.
+        rayon::spawn(crate::encoding::prepare_codec);
         let (status, objects, epoch) = self.status(blob_id).await?;
         match status {
             BlobStatus::Nonexistent => return Err(ClientError::BlobNotFound { blob_id }),
@@ -372,7 +353,6 @@ impl Client {
         let mut pieces: Vec<Option<BytesMut>> = Vec::with_capacity(wanted.len());
         {
             let mut rest = BytesMut::zeroed(wanted.len() * sliver_len);
-            advise_huge_pages(&mut rest);
             for _ in 1..wanted.len() {
                 pieces.push(Some(rest.split_to(sliver_len)));
             }
@@ -409,7 +389,11 @@ impl Client {
         // Requests in flight and when they started; those older than the hedging delay are
         // presumed lost (a slow or stalled node) and replaced by spare slivers.
         let mut started: HashMap<u16, Instant> = HashMap::new();
-        let mut fastest: Option<Duration> = None;
+        // Transfer times so far, to judge which requests are late.
+        let mut transfers: Vec<Duration> = Vec::with_capacity(wanted.len());
+        // Giving up on a late sliver means decoding the blob, which costs about ten seconds
+        // per GiB: waiting that long for the sliver is no worse.
+        let decode_time = Duration::from_secs_f64(len as f64 / DECODE_BYTES_PER_SEC);
         let mut failed = 0usize;
         let mut fallback = false;
 
@@ -422,7 +406,10 @@ impl Client {
                 return Ok((out, stats));
             }
             if n_done + extra.len() >= k {
-                debug!(slivers = n_done + extra.len(), "decoding the blob from primary slivers");
+                debug!(
+                    slivers = n_done + extra.len(),
+                    "decoding the blob from primary slivers"
+                );
                 let mut slivers: Vec<Sliver> = extra.into_values().collect();
                 for (i, piece) in done.into_iter().enumerate() {
                     if let Some(piece) = piece {
@@ -446,14 +433,20 @@ impl Client {
                     stats,
                 ));
             }
-            // Hedging: a request is presumed lost once it takes twice as long as the fastest
-            // transfer so far (at least the hedging floor; the request timeout before any
-            // transfer finished).
+            // Hedging: a request is presumed lost once it takes four times the median transfer
+            // so far (the request timeout before any transfer finished), but no less than the
+            // hedging floor and the time a decode would take. The median, not the fastest: with
+            // requests pipelined, the first transfer has the wire to itself and later ones do
+            // not, and on a busy machine transfers vary a lot without any node being at fault.
             let now = Instant::now();
-            let delay = match fastest {
-                Some(f) => (2 * f).max(self.config.hedge_floor),
-                None => self.config.hedge_floor.max(self.config.request_timeout),
-            };
+            let delay = if transfers.is_empty() {
+                self.config.request_timeout
+            } else {
+                let mid = transfers.len() / 2;
+                4 * *transfers.select_nth_unstable(mid).1
+            }
+            .max(self.config.hedge_floor)
+            .max(decode_time);
             let live = started.values().filter(|&&t| now < t + delay).count();
             if live < started.len() && !fallback {
                 debug!("some slivers are slow; fetching others to decode from");
@@ -473,7 +466,13 @@ impl Client {
                 && let Some(piece) = pieces[usize::from(p - first)].take()
             {
                 started.insert(p, Instant::now());
-                pending.push(self.fetch_sliver_into(&committee, config, metadata.clone(), p, piece));
+                pending.push(self.fetch_sliver_into(
+                    &committee,
+                    config,
+                    metadata.clone(),
+                    p,
+                    piece,
+                ));
             }
             if fallback {
                 // Keep enough live fetches to reach k verified slivers.
@@ -506,7 +505,7 @@ impl Client {
                     started.remove(&pair);
                     match result {
                         Ok(received) => {
-                            fastest = Some(fastest.map_or(transfer, |f| f.min(transfer)));
+                            transfers.push(transfer);
                             match received {
                                 Received::InPlace(piece) => {
                                     done[usize::from(pair - first)] = Some(piece);

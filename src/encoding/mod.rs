@@ -18,6 +18,7 @@ mod metadata;
 mod sliver;
 
 pub use blob_id::{BlobId, BlobIdParseError};
+pub use codec::prepare_codec;
 pub use config::{
     EncodingConfig, EncodingType, MAX_N_SHARDS, MAX_SYMBOL_SIZE, MIN_N_SHARDS, SliverType,
     max_n_faulty,
