@@ -180,6 +180,46 @@ async fn nodes_killed_mid_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_in_place_across_slivers_and_sequential_small_reads() {
+    let net = devnet(&[]).await;
+    // 21 shards: 9 systematic rows of 15 symbols; this blob's rows are 34 710 bytes.
+    let blob = data(312_345, 9);
+    let id = put(&net, &blob).await.unwrap();
+    assert_eq!(get(&net, id).await, blob);
+    let len = blob.len() as u64;
+    for range in [
+        0..1,
+        0..len,
+        1..len,
+        34_000..36_000,
+        34_710..69_420,
+        100_000..250_000,
+        len - 1..len,
+        len..len,
+    ] {
+        let (part, stats) = net.client.read(id, Some(range.clone())).await.unwrap();
+        assert_eq!(
+            part,
+            blob[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
+        assert!(!stats.decoded, "{range:?}");
+    }
+    // A reader going through the blob in ranges smaller than a sliver.
+    let mut back = Vec::new();
+    while back.len() < blob.len() {
+        let at = back.len() as u64;
+        let (part, _) = net
+            .client
+            .read(id, Some(at..(at + 10_000).min(len)))
+            .await
+            .unwrap();
+        back.extend_from_slice(&part);
+    }
+    assert_eq!(back, blob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_nodes_cannot_corrupt_or_forge() {
     let net = devnet(&[
         (0, "corrupt_slivers"),

@@ -36,8 +36,13 @@ pub struct ClientConfig {
     /// Floor of the hedging delay for reads: after max(this, 2× the fastest response) the
     /// client also asks other nodes for slivers it can decode from.
     pub hedge_floor: Duration,
-    /// Slivers fetched at once during a read.
+    /// Slivers fetched at once during a read that fetches extra slivers to decode from.
     pub read_concurrency: usize,
+    /// Slivers fetched at once during a read of intact systematic slivers: enough to keep the
+    /// nodes and the wire busy while received slivers are verified, few enough that slivers
+    /// arrive one after another (so verification overlaps the transfer) instead of all at
+    /// the end.
+    pub read_pipeline: usize,
 }
 
 impl Default for ClientConfig {
@@ -47,6 +52,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(2),
             hedge_floor: Duration::from_millis(500),
             read_concurrency: 64,
+            read_pipeline: 8,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::NodeError;
-use crate::encoding::{BlobId, BlobMetadataWithId, Sliver, SliverType};
+use crate::encoding::{BlobId, BlobMetadataWithId, Sliver, SliverBcsReader, SliverType};
 use crate::protocol::{ApiSuccess, ObjectId, SignedMessage, StorageConfirmation};
 
 /// A storage node's HTTP endpoint.
@@ -64,36 +64,72 @@ impl NodeApi {
         }
     }
 
-    async fn send(
+    /// Sends `req` and returns the response if it is a success; otherwise the node's error.
+    async fn start(
         &self,
         req: reqwest::RequestBuilder,
         timeout: Duration,
-    ) -> Result<bytes_body::Body, NodeError> {
+    ) -> Result<reqwest::Response, NodeError> {
         let resp = req
             .timeout(timeout)
             .send()
             .await
             .map_err(|e| self.err(e, timeout))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| self.err(e, timeout))?;
-        if !status.is_success() {
-            // The spec's `Status` JSON carries a message; fall back to the raw body.
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .and_then(|m| m.as_str())
-                        .map(String::from)
-                })
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
-            return Err(NodeError::Status {
-                url: self.base.clone(),
-                status: status.as_u16(),
-                message,
-            });
+        if status.is_success() {
+            return Ok(resp);
         }
+        let body = resp.bytes().await.map_err(|e| self.err(e, timeout))?;
+        // The spec's `Status` JSON carries a message; fall back to the raw body.
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+        Err(NodeError::Status {
+            url: self.base.clone(),
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<bytes_body::Body, NodeError> {
+        let resp = self.start(req, timeout).await?;
+        let body = resp.bytes().await.map_err(|e| self.err(e, timeout))?;
         // Usually a move, not a copy: the body was collected into one unique buffer.
         Ok(bytes_body::Body(Vec::from(body)))
+    }
+
+    /// Streams a sliver body into `reader` as it arrives (the timeout covers the whole body).
+    async fn stream_sliver(
+        &self,
+        blob_id: &BlobId,
+        pair: u16,
+        sliver_type: SliverType,
+        expected_len: usize,
+        reader: &mut SliverBcsReader<'_>,
+    ) -> Result<(), NodeError> {
+        let url = format!(
+            "{}/v1/blobs/{blob_id}/slivers/{pair}/{}",
+            self.base,
+            axis(sliver_type)
+        );
+        let t = self.timeout_for(expected_len);
+        let mut resp = self.start(self.http.get(url), t).await?;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.err(e, t))? {
+            reader.feed(&chunk).map_err(|source| NodeError::Invalid {
+                url: self.base.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     fn json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, NodeError> {
@@ -168,17 +204,35 @@ impl NodeApi {
         sliver_type: SliverType,
         expected_len: usize,
     ) -> Result<Sliver, NodeError> {
-        let url = format!(
-            "{}/v1/blobs/{blob_id}/slivers/{pair}/{}",
-            self.base,
-            axis(sliver_type)
-        );
-        let t = self.timeout_for(expected_len);
-        let body = self.send(self.http.get(url), t).await?;
-        Sliver::from_bcs(&body.0, sliver_type).map_err(|source| NodeError::Invalid {
+        let mut reader = SliverBcsReader::new(sliver_type);
+        self.stream_sliver(blob_id, pair, sliver_type, expected_len, &mut reader)
+            .await?;
+        reader.finish().map_err(|source| NodeError::Invalid {
             url: self.base.clone(),
             source,
         })
+    }
+
+    /// Receives a sliver's symbols straight into `dest` (exactly the sliver's length; a
+    /// sliver of another length is refused) and returns its symbol size and index. Framing is
+    /// checked, the symbols are not yet verified against the metadata.
+    pub async fn get_sliver_into(
+        &self,
+        blob_id: &BlobId,
+        pair: u16,
+        sliver_type: SliverType,
+        dest: &mut [u8],
+    ) -> Result<(u16, u16), NodeError> {
+        let len = dest.len();
+        let mut reader = SliverBcsReader::into_slice(sliver_type, dest);
+        self.stream_sliver(blob_id, pair, sliver_type, len, &mut reader)
+            .await?;
+        reader
+            .finish_in_place()
+            .map_err(|source| NodeError::Invalid {
+                url: self.base.clone(),
+                source,
+            })
     }
 
     pub async fn get_confirmation(

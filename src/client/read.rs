@@ -1,9 +1,11 @@
 //! The read pipeline.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -11,7 +13,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{Client, ClientError, NodeApi, NodeError};
 use crate::encoding::{
-    BlobId, BlobMetadataWithId, EncodingConfig, Sliver, SliverType, pair_to_shard,
+    BlobId, BlobMetadataWithId, EncodingConfig, EncodingError, Sliver, SliverRange, SliverType,
+    SliverView, pair_to_shard,
 };
 use crate::ledger::BlobStatus;
 use crate::protocol::Committee;
@@ -27,13 +30,22 @@ pub struct ReadStats {
     pub failures: Vec<String>,
 }
 
+/// How fast a blob is decoded from primary slivers, roughly (`examples/bench_encoding --ops
+/// decode`: about 100 MB/s on one core at n = 1000, whether one row is missing or most are),
+/// to weigh hedging against waiting.
+const DECODE_BYTES_PER_SEC: f64 = 1e8;
+
+/// A blob's primary sliver.
+type SliverKey = (BlobId, u16);
+
 /// What reads keep between calls: verified metadata (one round trip and a Merkle check saved
 /// per read of a known blob) and the last verified primary slivers (a reader going through a
 /// blob in ranges smaller than a sliver would otherwise fetch and verify each sliver again for
 /// every range it overlaps). Both are immutable for a blob ID, so they never go stale.
 pub(super) struct ReadCache {
     metadata: std::sync::Mutex<lru::LruCache<BlobId, Arc<BlobMetadataWithId>>>,
-    slivers: std::sync::Mutex<lru::LruCache<(BlobId, u16), Arc<Sliver>>>,
+    /// Symbols of verified primary slivers.
+    slivers: std::sync::Mutex<lru::LruCache<SliverKey, Arc<[u8]>>>,
 }
 
 /// Verified metadata kept: at most 4096 × 64 bytes each (n = 4096).
@@ -55,12 +67,60 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-type Fetch = std::pin::Pin<Box<dyn Future<Output = (u16, Result<Sliver, NodeError>)> + Send>>;
+/// A finished sliver request: the sliver pair, how long the transfer took (without waiting for
+/// and doing the verification), and the verified sliver or what went wrong.
+struct Fetched {
+    pair: u16,
+    transfer: Duration,
+    result: Result<Received, NodeError>,
+}
+
+/// A verified primary sliver.
+enum Received {
+    /// A wanted sliver, received and verified in its place in the blob's buffer.
+    InPlace(BytesMut),
+    /// Any other sliver (to decode from).
+    Owned(Sliver),
+}
+
+type Fetch = std::pin::Pin<Box<dyn Future<Output = Fetched> + Send>>;
 type MetadataFetch =
     std::pin::Pin<Box<dyn Future<Output = (String, Result<BlobMetadataWithId, NodeError>)> + Send>>;
 
 fn metadata_fetch(api: NodeApi, blob_id: BlobId) -> MetadataFetch {
     Box::pin(async move { (api.url().to_string(), api.get_metadata(&blob_id).await) })
+}
+
+/// Runs a sliver verification on rayon's pool: one thread per core, so verifications never
+/// outnumber the cores (more would only evict each other's few MB of working set from the
+/// caches), and the same few threads reuse their verification buffers from sliver to sliver.
+async fn verify_off_thread<T: Send + 'static>(
+    url: &str,
+    verify: impl FnOnce() -> Result<T, EncodingError> + Send + 'static,
+) -> Result<T, NodeError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        // A panic must not take rayon's pool (and the process) down: it becomes an error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(verify));
+        let _ = tx.send(result);
+    });
+    match rx.await {
+        Ok(Ok(result)) => result.map_err(|source| NodeError::Invalid {
+            url: url.to_string(),
+            source,
+        }),
+        Ok(Err(_)) | Err(_) => Err(NodeError::Malformed {
+            url: url.to_string(),
+            reason: "sliver verification failed unexpectedly (a bug: see the log)".into(),
+        }),
+    }
+}
+
+fn no_node(pair: u16) -> NodeError {
+    NodeError::Malformed {
+        url: "<committee>".into(),
+        reason: format!("no node holds the shard of sliver pair {pair}"),
+    }
 }
 
 impl Client {
@@ -71,7 +131,62 @@ impl Client {
             .and_then(|m| self.node(committee, m))
     }
 
-    /// Fetches primary sliver `pair` and verifies it against the (verified) metadata.
+    /// Fetches primary sliver `pair` into `piece` (its place in the blob's buffer, exactly one
+    /// sliver long) and verifies it there against the (verified) metadata.
+    fn fetch_sliver_into(
+        &self,
+        committee: &Committee,
+        config: EncodingConfig,
+        metadata: Arc<BlobMetadataWithId>,
+        pair: u16,
+        mut piece: BytesMut,
+    ) -> Fetch {
+        let blob_id = metadata.blob_id;
+        let api = self.sliver_node(committee, pair, &blob_id);
+        Box::pin(async move {
+            let t = Instant::now();
+            let Some(api) = api else {
+                return Fetched {
+                    pair,
+                    transfer: t.elapsed(),
+                    result: Err(no_node(pair)),
+                };
+            };
+            let received = api
+                .get_sliver_into(&blob_id, pair, SliverType::Primary, &mut piece)
+                .await;
+            let transfer = t.elapsed();
+            let result = async {
+                let (symbol_size, index) = received?;
+                if index != pair {
+                    return Err(NodeError::Malformed {
+                        url: api.url().to_string(),
+                        reason: format!("asked for sliver {pair}, got sliver {index}"),
+                    });
+                }
+                verify_off_thread(api.url(), move || {
+                    SliverView {
+                        sliver_type: SliverType::Primary,
+                        index,
+                        symbol_size,
+                        data: &piece,
+                    }
+                    .verify(&config, &metadata.metadata)
+                    .map(|()| Received::InPlace(piece))
+                })
+                .await
+            }
+            .await;
+            Fetched {
+                pair,
+                transfer,
+                result,
+            }
+        })
+    }
+
+    /// Fetches primary sliver `pair` into a buffer of its own and verifies it against the
+    /// (verified) metadata.
     fn fetch_sliver(
         &self,
         committee: &Committee,
@@ -82,46 +197,42 @@ impl Client {
         let blob_id = metadata.blob_id;
         let api = self.sliver_node(committee, pair, &blob_id);
         Box::pin(async move {
+            let t = Instant::now();
             let Some(api) = api else {
-                return (
+                return Fetched {
                     pair,
-                    Err(NodeError::Malformed {
-                        url: "<committee>".into(),
-                        reason: format!("no node holds the shard of sliver pair {pair}"),
-                    }),
-                );
+                    transfer: t.elapsed(),
+                    result: Err(no_node(pair)),
+                };
             };
             let len = config
                 .sliver_len(SliverType::Primary, metadata.metadata.unencoded_length())
                 .unwrap_or(0);
+            let received = api
+                .get_sliver(&blob_id, pair, SliverType::Primary, len)
+                .await;
+            let transfer = t.elapsed();
             let result = async {
-                let sliver = api
-                    .get_sliver(&blob_id, pair, SliverType::Primary, len)
-                    .await?;
+                let sliver = received?;
                 if sliver.index != pair {
                     return Err(NodeError::Malformed {
                         url: api.url().to_string(),
                         reason: format!("asked for sliver {pair}, got sliver {}", sliver.index),
                     });
                 }
-                let url = api.url().to_string();
-                // Verification re-encodes the sliver: CPU work, off the async threads.
-                tokio::task::spawn_blocking(move || {
+                verify_off_thread(api.url(), move || {
                     sliver
                         .verify(&config, &metadata.metadata)
-                        .map(|()| sliver)
-                        .map_err(|source| NodeError::Invalid { url, source })
+                        .map(|()| Received::Owned(sliver))
                 })
                 .await
-                .unwrap_or_else(|e| {
-                    Err(NodeError::Malformed {
-                        url: api.url().to_string(),
-                        reason: e.to_string(),
-                    })
-                })
             }
             .await;
-            (pair, result)
+            Fetched {
+                pair,
+                transfer,
+                result,
+            }
         })
     }
 
@@ -189,6 +300,9 @@ impl Client {
         range: Option<Range<u64>>,
     ) -> Result<(Vec<u8>, ReadStats), ClientError> {
         let t0 = Instant::now();
+        // The codec's tables take a few ms to build, once per process: built on another core
+        // while the ledger and the metadata are read, not when the first sliver is verified.
+        rayon::spawn(crate::encoding::prepare_codec);
         let (status, objects, epoch) = self.status(blob_id).await?;
         match status {
             BlobStatus::Nonexistent => return Err(ClientError::BlobNotFound { blob_id }),
@@ -230,50 +344,83 @@ impl Client {
         }
         let k = usize::from(config.n_primary_source_symbols());
         let n = committee.n_shards();
-        let wanted: HashSet<u16> = needed.iter().map(|r| r.sliver).collect();
-        let mut got: BTreeMap<u16, Arc<Sliver>> = BTreeMap::new();
+        let sliver_len = config.sliver_len(SliverType::Primary, len)?;
+        // The wanted slivers are consecutive rows of the blob: received side by side into one
+        // buffer, in place, they are the range without any further copy.
+        let first = needed[0].sliver;
+        let wanted: Vec<u16> = needed.iter().map(|r| r.sliver).collect();
+        let is_wanted = |p: u16| p >= first && usize::from(p - first) < wanted.len();
+        let mut pieces: Vec<Option<BytesMut>> = Vec::with_capacity(wanted.len());
+        {
+            let mut rest = BytesMut::zeroed(wanted.len() * sliver_len);
+            for _ in 1..wanted.len() {
+                pieces.push(Some(rest.split_to(sliver_len)));
+            }
+            pieces.push(Some(rest));
+        }
+        // Slivers verified in place, by position in `wanted`.
+        let mut done: Vec<Option<BytesMut>> = (0..wanted.len()).map(|_| None).collect();
+        let mut n_done = 0usize;
         {
             let mut cache = lock(&self.cache.slivers);
-            for &p in &wanted {
-                if let Some(s) = cache.get(&(blob_id, p)) {
-                    got.insert(p, s.clone());
+            for (i, &p) in wanted.iter().enumerate() {
+                if let Some(s) = cache.get(&(blob_id, p))
+                    && s.len() == sliver_len
+                    && let Some(mut piece) = pieces[i].take()
+                {
+                    piece.copy_from_slice(s);
+                    done[i] = Some(piece);
+                    n_done += 1;
                 }
             }
         }
-
-        let mut pending: FuturesUnordered<Fetch> = wanted
+        // Verified slivers other than the wanted ones, to decode from.
+        let mut extra: BTreeMap<u16, Sliver> = BTreeMap::new();
+        let mut todo: VecDeque<u16> = wanted
             .iter()
-            .filter(|p| !got.contains_key(p))
-            .map(|&p| self.fetch_sliver(&committee, config, metadata.clone(), p))
+            .enumerate()
+            .filter(|(i, _)| pieces[*i].is_some())
+            .map(|(_, &p)| p)
             .collect();
         // Further slivers to decode from if the wanted ones do not all arrive in time:
         // systematic ones first (each is a row that needs no computing), then recovery ones.
-        let mut spare: VecDeque<u16> = (0..n).filter(|p| !wanted.contains(p)).collect();
+        let mut spare: VecDeque<u16> = (0..n).filter(|&p| !is_wanted(p)).collect();
+        let mut pending: FuturesUnordered<Fetch> = FuturesUnordered::new();
+        // Requests in flight and when they started; those older than the hedging delay are
+        // presumed lost (a slow or stalled node) and replaced by spare slivers.
+        let mut started: HashMap<u16, Instant> = HashMap::new();
+        // Transfer times so far, to judge which requests are late.
+        let mut transfers: Vec<Duration> = Vec::with_capacity(wanted.len());
+        // Giving up on a late sliver means decoding the blob, which costs about ten seconds
+        // per GiB: waiting that long for the sliver is no worse.
+        let decode_time = Duration::from_secs_f64(len as f64 / DECODE_BYTES_PER_SEC);
         let mut failed = 0usize;
         let mut fallback = false;
-        let start = Instant::now();
-        let mut hedge_at = start + self.config.hedge_floor.max(self.config.request_timeout);
 
         loop {
-            if wanted.iter().all(|p| got.contains_key(p)) {
-                let mut out = Vec::with_capacity((range.end - range.start) as usize);
-                debug!(elapsed = ?t0.elapsed(), slivers = got.len(), "slivers verified");
-                for r in &needed {
-                    out.extend_from_slice(&got[&r.sliver].data[r.in_sliver.clone()]);
-                }
+            if n_done == wanted.len() {
+                debug!(elapsed = ?t0.elapsed(), slivers = n_done, "slivers verified");
+                stats.slivers_verified = n_done;
+                let out = self.assemble(blob_id, &needed, sliver_len, done, range);
                 debug!(elapsed = ?t0.elapsed(), "range assembled");
-                stats.slivers_verified = got.len();
                 return Ok((out, stats));
             }
-            if got.len() >= k {
+            if n_done + extra.len() >= k {
                 debug!(
-                    slivers = got.len(),
+                    slivers = n_done + extra.len(),
                     "decoding the blob from primary slivers"
                 );
-                let slivers: Vec<Sliver> = got
-                    .into_values()
-                    .map(|s| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone()))
-                    .collect();
+                let mut slivers: Vec<Sliver> = extra.into_values().collect();
+                for (i, piece) in done.into_iter().enumerate() {
+                    if let Some(piece) = piece {
+                        slivers.push(Sliver {
+                            sliver_type: SliverType::Primary,
+                            index: wanted[i],
+                            symbol_size: config.symbol_size(len)?,
+                            data: piece.to_vec(),
+                        });
+                    }
+                }
                 stats.slivers_verified = slivers.len();
                 stats.decoded = true;
                 let md = metadata.clone();
@@ -286,52 +433,138 @@ impl Client {
                     stats,
                 ));
             }
+            // Hedging: a request is presumed lost once it takes four times the median transfer
+            // so far (the request timeout before any transfer finished), but no less than the
+            // hedging floor and the time a decode would take. The median, not the fastest: with
+            // requests pipelined, the first transfer has the wire to itself and later ones do
+            // not, and on a busy machine transfers vary a lot without any node being at fault.
+            let now = Instant::now();
+            let delay = if transfers.is_empty() {
+                self.config.request_timeout
+            } else {
+                let mid = transfers.len() / 2;
+                4 * *transfers.select_nth_unstable(mid).1
+            }
+            .max(self.config.hedge_floor)
+            .max(decode_time);
+            let live = started.values().filter(|&&t| now < t + delay).count();
+            if live < started.len() && !fallback {
+                debug!("some slivers are slow; fetching others to decode from");
+                fallback = true;
+            }
+            // The fast path keeps a few requests in flight, so that slivers arrive one after
+            // another and are verified while the next ones are on the wire (all at once, they
+            // would all arrive at the end and be verified only then).
+            let limit = if fallback {
+                self.config.read_concurrency
+            } else {
+                self.config.read_pipeline
+            }
+            .max(1);
+            while pending.len() < limit
+                && let Some(p) = todo.pop_front()
+                && let Some(piece) = pieces[usize::from(p - first)].take()
+            {
+                started.insert(p, Instant::now());
+                pending.push(self.fetch_sliver_into(
+                    &committee,
+                    config,
+                    metadata.clone(),
+                    p,
+                    piece,
+                ));
+            }
             if fallback {
-                // Keep enough fetches in flight to reach k verified slivers.
-                while pending.len() + got.len() < k + failed.min(k / 4)
-                    && pending.len() < self.config.read_concurrency
+                // Keep enough live fetches to reach k verified slivers.
+                let mut live = started.values().filter(|&&t| now < t + delay).count();
+                while n_done + extra.len() + live + todo.len() < k + failed.min(k / 4)
+                    && pending.len() < limit
                 {
                     let Some(p) = spare.pop_front() else { break };
+                    started.insert(p, Instant::now());
                     pending.push(self.fetch_sliver(&committee, config, metadata.clone(), p));
+                    live += 1;
                 }
             }
             if pending.is_empty() {
                 return Err(ClientError::NotEnoughSlivers {
                     blob_id,
-                    valid: got.len(),
+                    valid: n_done + extra.len(),
                     needed: k,
                     failures: stats.failures,
                 });
             }
+            // Wake up when the oldest request still presumed alive stops being so.
+            let wake = started
+                .values()
+                .map(|&t| t + delay)
+                .filter(|&t| t > now)
+                .min();
             tokio::select! {
-                Some((pair, result)) = pending.next() => match result {
-                    Ok(sliver) => {
-                        if got.is_empty() && !fallback {
-                            // Hedge once the wanted slivers take twice as long as the first one.
-                            hedge_at = Instant::now().max(start + 2 * start.elapsed()).max(start + self.config.hedge_floor);
+                Some(Fetched { pair, transfer, result }) = pending.next() => {
+                    started.remove(&pair);
+                    match result {
+                        Ok(received) => {
+                            transfers.push(transfer);
+                            match received {
+                                Received::InPlace(piece) => {
+                                    done[usize::from(pair - first)] = Some(piece);
+                                    n_done += 1;
+                                }
+                                Received::Owned(sliver) => {
+                                    extra.insert(pair, sliver);
+                                }
+                            }
                         }
-                        let sliver = Arc::new(sliver);
-                        if wanted.contains(&pair) {
-                            lock(&self.cache.slivers).put((blob_id, pair), sliver.clone());
+                        Err(e) => {
+                            if matches!(e, NodeError::Invalid { .. } | NodeError::Malformed { .. }) {
+                                warn!(pair, "bad sliver: {e}");
+                            } else {
+                                debug!(pair, "sliver fetch failed: {e}");
+                            }
+                            stats.failures.push(e.to_string());
+                            failed += 1;
+                            fallback = true;
                         }
-                        got.insert(pair, sliver);
-                    }
-                    Err(e) => {
-                        if matches!(e, NodeError::Invalid { .. } | NodeError::Malformed { .. }) {
-                            warn!(pair, "bad sliver: {e}");
-                        } else {
-                            debug!(pair, "sliver fetch failed: {e}");
-                        }
-                        stats.failures.push(e.to_string());
-                        failed += 1;
-                        fallback = true;
                     }
                 },
-                _ = tokio::time::sleep_until(hedge_at.into()), if !fallback => {
-                    debug!("wanted slivers are slow; fetching others to decode from");
-                    fallback = true;
-                }
+                _ = tokio::time::sleep_until(wake.unwrap_or(now + delay).into()), if wake.is_some() => {}
             }
+        }
+    }
+
+    /// The range out of the wanted slivers, all verified in place in their shared buffer.
+    /// Slivers the range uses only in part are kept in the cache: a reader going through the
+    /// blob in ranges smaller than a sliver needs them again for the next range.
+    fn assemble(
+        &self,
+        blob_id: BlobId,
+        needed: &[SliverRange],
+        sliver_len: usize,
+        done: Vec<Option<BytesMut>>,
+        range: Range<u64>,
+    ) -> Vec<u8> {
+        let mut whole: Option<BytesMut> = None;
+        for (r, piece) in needed.iter().zip(done) {
+            let Some(piece) = piece else { continue };
+            if r.in_sliver.len() < sliver_len {
+                lock(&self.cache.slivers).put((blob_id, r.sliver), Arc::from(&piece[..]));
+            }
+            match &mut whole {
+                // Contiguous pieces of one allocation: joining them copies nothing.
+                Some(w) => w.unsplit(piece),
+                None => whole = Some(piece),
+            }
+        }
+        let mut whole = whole.unwrap_or_default();
+        let skip = needed.first().map_or(0, |r| r.in_sliver.start);
+        let len = (range.end - range.start) as usize;
+        if skip == 0 {
+            whole.truncate(len);
+            // The buffer's only owner: the vector is taken over, not copied.
+            Vec::from(whole)
+        } else {
+            whole[skip..skip + len].to_vec()
         }
     }
 }

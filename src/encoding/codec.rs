@@ -138,6 +138,11 @@ const ENCODE_TARGET_BYTES: usize = 256 * 1024;
 /// (tens of microseconds whatever the shard size), so decoding batches more.
 const DECODE_TARGET_BYTES: usize = 2 * 1024 * 1024;
 
+/// Builds the codec's lookup tables (process-wide, once; several MB, some milliseconds).
+pub fn prepare_codec() {
+    let _ = ReedSolomonEncoder::new(1, 1, 64);
+}
+
 /// A systematic encoder for `k` source symbols and `m` recovery symbols.
 pub(crate) struct Encoder {
     k: usize,

@@ -18,6 +18,7 @@ mod metadata;
 mod sliver;
 
 pub use blob_id::{BlobId, BlobIdParseError};
+pub use codec::prepare_codec;
 pub use config::{
     EncodingConfig, EncodingType, MAX_N_SHARDS, MAX_SYMBOL_SIZE, MIN_N_SHARDS, SliverType,
     max_n_faulty,
@@ -28,4 +29,4 @@ pub use error::{EncodingError, SliverDefect};
 pub use mapping::{pair_to_shard, shard_to_pair};
 pub use merkle::Node;
 pub use metadata::{BlobMetadata, BlobMetadataV1, BlobMetadataWithId, SliverPairMetadata};
-pub use sliver::Sliver;
+pub use sliver::{Sliver, SliverBcsReader, SliverView};

@@ -34,10 +34,7 @@ impl Sliver {
     /// The index must be below `n_shards` (check first); an out-of-range secondary index gives
     /// pair 0 rather than a panic.
     pub fn pair_index(&self, n_shards: u16) -> u16 {
-        match self.sliver_type {
-            SliverType::Primary => self.index,
-            SliverType::Secondary => n_shards.saturating_sub(1).saturating_sub(self.index),
-        }
+        pair_index(self.sliver_type, self.index, n_shards)
     }
 
     /// BCS bytes: ULEB128 length, the symbols, symbol size (u16 LE), index (u16 LE).
@@ -87,27 +84,104 @@ impl Sliver {
         })
     }
 
+    /// The same sliver, borrowed.
+    pub fn view(&self) -> SliverView<'_> {
+        SliverView {
+            sliver_type: self.sliver_type,
+            index: self.index,
+            symbol_size: self.symbol_size,
+            data: &self.data,
+        }
+    }
+
     /// The Merkle root over the `n` symbols of this sliver's encoding in the orthogonal code.
     pub fn merkle_root(&self, config: &EncodingConfig) -> Result<Node, EncodingError> {
+        self.view().merkle_root(config)
+    }
+
+    /// Checks this sliver against (already verified) metadata: index, length, symbol size and
+    /// Merkle root.
+    pub fn verify(
+        &self,
+        config: &EncodingConfig,
+        metadata: &BlobMetadata,
+    ) -> Result<(), EncodingError> {
+        self.view().verify(config, metadata)
+    }
+}
+
+/// A sliver whose symbols live in someone else's buffer: the read pipeline receives slivers
+/// straight into the blob it returns and verifies them there, without a copy per sliver.
+#[derive(Clone, Copy)]
+pub struct SliverView<'a> {
+    pub sliver_type: SliverType,
+    pub index: u16,
+    pub symbol_size: u16,
+    pub data: &'a [u8],
+}
+
+/// Buffers of sliver verification, kept per thread: a verification needs a few MB of scratch,
+/// and fresh allocations of that size are fresh pages from the kernel every time, whose
+/// faults cost about as much as the hashing.
+#[derive(Default)]
+struct VerifyScratch {
+    encoder: Option<((usize, usize), Encoder)>,
+    recovery: Vec<u8>,
+    hasher: LeafHasher,
+    leaves: Vec<[u8; DIGEST_LEN]>,
+}
+
+thread_local! {
+    static VERIFY_SCRATCH: std::cell::RefCell<VerifyScratch> =
+        std::cell::RefCell::new(VerifyScratch::default());
+}
+
+impl SliverView<'_> {
+    /// The Merkle root over the `n` symbols of this sliver's encoding in the orthogonal code.
+    pub fn merkle_root(&self, config: &EncodingConfig) -> Result<Node, EncodingError> {
+        VERIFY_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.merkle_root_with(config, &mut scratch),
+            // Only reachable if hashing re-entered itself; fresh buffers are still correct.
+            Err(_) => self.merkle_root_with(config, &mut VerifyScratch::default()),
+        })
+    }
+
+    fn merkle_root_with(
+        &self,
+        config: &EncodingConfig,
+        scratch: &mut VerifyScratch,
+    ) -> Result<Node, EncodingError> {
         let n = config.n_shards_usize();
-        let k = self.data.len() / usize::from(self.symbol_size).max(1);
-        let s = usize::from(self.symbol_size);
-        let mut recovery = vec![0u8; (n - k) * s];
-        Encoder::new(k, n - k).encode_many(
+        let s = usize::from(self.symbol_size).max(1);
+        let k = self.data.len() / s;
+        let VerifyScratch {
+            encoder,
+            recovery,
+            hasher,
+            leaves,
+        } = scratch;
+        let encoder = match encoder {
+            Some((shape, e)) if *shape == (k, n - k) => e,
+            slot => &mut slot.insert(((k, n - k), Encoder::new(k, n - k))).1,
+        };
+        // Every byte is overwritten by the encoder: only growth needs filling.
+        recovery.resize((n - k) * s, 0);
+        encoder.encode_many(
             s,
             1,
             |_, i| &self.data[i * s..(i + 1) * s],
             |_, r, range, b| recovery[r * s + range.start..r * s + range.end].copy_from_slice(b),
         )?;
-        let mut leaves = vec![[0u8; DIGEST_LEN]; n];
-        LeafHasher::default().hash_iter(
+        leaves.clear();
+        leaves.resize(n, [0u8; DIGEST_LEN]);
+        hasher.hash_iter(
             self.data.chunks_exact(s).chain(recovery.chunks_exact(s)),
             s,
-            &mut leaves,
+            leaves,
             n,
             None,
         );
-        Ok(root_from_leaf_hashes(&leaves))
+        Ok(root_from_leaf_hashes(leaves))
     }
 
     /// Checks this sliver against (already verified) metadata: index, length, symbol size and
@@ -148,11 +222,18 @@ impl Sliver {
                 expected: expected_symbol,
             }));
         }
-        let pair = usize::from(self.pair_index(config.n_shards()));
+        let pair = usize::from(pair_index(self.sliver_type, self.index, config.n_shards()));
         if self.merkle_root(config)? != *metadata.hashes()[pair].hash(self.sliver_type) {
             return Err(defect(SliverDefect::HashMismatch));
         }
         Ok(())
+    }
+}
+
+fn pair_index(sliver_type: SliverType, index: u16, n_shards: u16) -> u16 {
+    match sliver_type {
+        SliverType::Primary => index,
+        SliverType::Secondary => n_shards.saturating_sub(1).saturating_sub(index),
     }
 }
 
@@ -187,6 +268,164 @@ pub(crate) fn read_uleb128(bytes: &[u8]) -> Result<(usize, usize), EncodingError
         "sliver",
         "truncated or overlong length prefix",
     ))
+}
+
+/// Parses a sliver's BCS bytes as they arrive in pieces (an HTTP body), writing the symbols
+/// straight to where they are wanted: a received sliver then costs one copy, not three
+/// (collecting the body, cutting the symbols out of it, placing them in the blob). Framing is
+/// checked exactly as [`Sliver::from_bcs`] does; the symbols are not verified.
+pub struct SliverBcsReader<'a> {
+    sliver_type: SliverType,
+    /// The symbols' destination, of exactly the expected length; `None`: a new vector.
+    dest: Option<&'a mut [u8]>,
+    owned: Vec<u8>,
+    header: [u8; 5],
+    header_len: usize,
+    len: Option<usize>,
+    filled: usize,
+    trailer: [u8; 4],
+    trailer_len: usize,
+}
+
+impl SliverBcsReader<'static> {
+    /// A reader that collects the symbols into a new vector.
+    pub fn new(sliver_type: SliverType) -> Self {
+        Self::with_dest(sliver_type, None)
+    }
+}
+
+impl<'a> SliverBcsReader<'a> {
+    /// A reader that writes the symbols into `dest`; a sliver of any other length is refused
+    /// as soon as its length prefix arrives.
+    pub fn into_slice(sliver_type: SliverType, dest: &'a mut [u8]) -> Self {
+        Self::with_dest(sliver_type, Some(dest))
+    }
+
+    fn with_dest(sliver_type: SliverType, dest: Option<&'a mut [u8]>) -> Self {
+        Self {
+            sliver_type,
+            dest,
+            owned: Vec::new(),
+            header: [0; 5],
+            header_len: 0,
+            len: None,
+            filled: 0,
+            trailer: [0; 4],
+            trailer_len: 0,
+        }
+    }
+
+    fn start(&mut self, len: usize) -> Result<(), EncodingError> {
+        if len > MAX_SLIVER_BYTES {
+            return Err(EncodingError::bcs(
+                "sliver",
+                format!("length {len} is too large"),
+            ));
+        }
+        match &self.dest {
+            Some(d) if d.len() != len => {
+                return Err(EncodingError::bcs(
+                    "sliver",
+                    format!(
+                        "it has {len} bytes of symbols, the blob's slivers have {}",
+                        d.len()
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => self.owned.reserve_exact(len),
+        }
+        self.len = Some(len);
+        Ok(())
+    }
+
+    /// Takes the next piece of the body.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), EncodingError> {
+        while let Some((&first, rest)) = chunk.split_first() {
+            let Some(len) = self.len else {
+                self.header[self.header_len] = first;
+                self.header_len += 1;
+                chunk = rest;
+                if first & 0x80 == 0 || self.header_len == self.header.len() {
+                    let (len, _) = read_uleb128(&self.header[..self.header_len])?;
+                    self.start(len)?;
+                }
+                continue;
+            };
+            if self.filled < len {
+                let take = (len - self.filled).min(chunk.len());
+                let (now, rest) = chunk.split_at(take);
+                match &mut self.dest {
+                    Some(d) => d[self.filled..self.filled + take].copy_from_slice(now),
+                    None => self.owned.extend_from_slice(now),
+                }
+                self.filled += take;
+                chunk = rest;
+            } else {
+                let take = (self.trailer.len() - self.trailer_len).min(chunk.len());
+                if take == 0 {
+                    return Err(EncodingError::bcs(
+                        "sliver",
+                        format!("bytes follow the end of a sliver of {len} bytes"),
+                    ));
+                }
+                self.trailer[self.trailer_len..self.trailer_len + take]
+                    .copy_from_slice(&chunk[..take]);
+                self.trailer_len += take;
+                chunk = &chunk[take..];
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the body: symbol size and index, once the framing is complete and sound.
+    fn finish_framing(&self) -> Result<(u16, u16), EncodingError> {
+        let len = match self.len {
+            Some(len) if self.filled == len && self.trailer_len == self.trailer.len() => len,
+            _ => {
+                return Err(EncodingError::bcs(
+                    "sliver",
+                    match self.len {
+                        None => "the body ends inside the length prefix".to_string(),
+                        Some(len) => format!(
+                            "the body ends after {} of {} bytes",
+                            self.header_len + self.filled + self.trailer_len,
+                            self.header_len + len + self.trailer.len()
+                        ),
+                    },
+                ));
+            }
+        };
+        let symbol_size = u16::from_le_bytes([self.trailer[0], self.trailer[1]]);
+        let index = u16::from_le_bytes([self.trailer[2], self.trailer[3]]);
+        if symbol_size == 0 || len % usize::from(symbol_size) != 0 {
+            return Err(EncodingError::bcs(
+                "sliver",
+                format!("{len} bytes is not a whole number of {symbol_size}-byte symbols"),
+            ));
+        }
+        Ok((symbol_size, index))
+    }
+
+    /// The sliver whose symbols went to a new vector.
+    pub fn finish(self) -> Result<Sliver, EncodingError> {
+        let (symbol_size, index) = self.finish_framing()?;
+        let data = match self.dest {
+            Some(d) => d.to_vec(),
+            None => self.owned,
+        };
+        Ok(Sliver {
+            sliver_type: self.sliver_type,
+            index,
+            symbol_size,
+            data,
+        })
+    }
+
+    /// Symbol size and index of the sliver whose symbols went to the destination slice.
+    pub fn finish_in_place(self) -> Result<(u16, u16), EncodingError> {
+        self.finish_framing()
+    }
 }
 
 #[cfg(test)]
@@ -268,5 +507,69 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn streamed_bcs_equals_whole_bcs_in_any_pieces() {
+        let s = Sliver {
+            sliver_type: SliverType::Primary,
+            index: 77,
+            symbol_size: 5,
+            data: (0..300u32).map(|i| (i * 31) as u8).collect(),
+        };
+        let b = s.to_bcs();
+        for piece in [1usize, 2, 3, 7, 64, b.len()] {
+            let mut r = SliverBcsReader::new(SliverType::Primary);
+            for c in b.chunks(piece) {
+                r.feed(c).unwrap();
+            }
+            assert_eq!(r.finish().unwrap(), s, "pieces of {piece}");
+
+            let mut dest = vec![0u8; 300];
+            let mut r = SliverBcsReader::into_slice(SliverType::Primary, &mut dest);
+            for c in b.chunks(piece) {
+                r.feed(c).unwrap();
+            }
+            assert_eq!(r.finish_in_place().unwrap(), (5, 77));
+            assert_eq!(dest, s.data);
+        }
+        // Truncated anywhere, or with bytes after the end: refused.
+        for cut in 0..b.len() {
+            let mut r = SliverBcsReader::new(SliverType::Primary);
+            r.feed(&b[..cut]).unwrap();
+            assert!(r.finish().is_err(), "cut at {cut}");
+        }
+        let mut r = SliverBcsReader::new(SliverType::Primary);
+        assert!(r.feed(&[b.as_slice(), &[0]].concat()).is_err());
+        // A destination of another length refuses the sliver at its length prefix.
+        let mut short = vec![0u8; 299];
+        let mut r = SliverBcsReader::into_slice(SliverType::Primary, &mut short);
+        assert!(r.feed(&b[..2]).is_err());
+        // Symbol size 0 or not dividing the length.
+        let mut bad = b.clone();
+        let n = bad.len();
+        bad[n - 4] = 7;
+        bad[n - 3] = 0;
+        let mut r = SliverBcsReader::new(SliverType::Primary);
+        r.feed(&bad).unwrap();
+        assert!(r.finish().is_err());
+    }
+
+    #[test]
+    fn view_verifies_like_the_sliver_and_scratch_is_reused_safely() {
+        let config = EncodingConfig::new(10).unwrap();
+        let blob: Vec<u8> = (0..5000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let enc = config.encode(&blob).unwrap();
+        let md = &enc.metadata.metadata;
+        // Alternate shapes (primary and secondary) on one thread: the scratch is re-keyed.
+        for i in 0..10 {
+            let p = enc.primary_sliver(i);
+            p.verify(&config, md).unwrap();
+            p.view().verify(&config, md).unwrap();
+            enc.secondary_sliver(i).verify(&config, md).unwrap();
+            let mut bad = p.clone();
+            bad.data[0] ^= 1;
+            assert!(bad.view().verify(&config, md).is_err());
+        }
     }
 }
