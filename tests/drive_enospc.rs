@@ -34,8 +34,21 @@ impl Drop for SmallDisk {
     }
 }
 
-#[test]
-fn a_full_disk_gives_enospc_and_loses_nothing() {
+/// Writes 400 MiB into a drive whose data directory has 96 MiB, and returns the error the
+/// application saw: from write(2), or at the latest from fsync.
+fn fill(m: &Mount, name: &str) -> std::io::Error {
+    let mut f = std::fs::File::create(m.path(name)).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..400 {
+        if let Err(e) = f.write_all(&chunk) {
+            return e;
+        }
+    }
+    f.sync_all()
+        .expect_err("writing 400 MiB into 96 MiB must fail by fsync")
+}
+
+fn full_disk(mount_flags: &[&str], error_at_write: bool) {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: mounting a small tmpfs needs root");
@@ -45,7 +58,7 @@ fn a_full_disk_gives_enospc_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = disk.dir.path().join("data");
     let mnt = tmp.path().join("mnt");
-    let m = Mount::start(&data, &mnt, &[]);
+    let m = Mount::start(&data, &mnt, mount_flags);
     let keep: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(m.path("keep"), &keep).unwrap();
     std::fs::File::open(m.path("keep"))
@@ -53,17 +66,23 @@ fn a_full_disk_gives_enospc_and_loses_nothing() {
         .sync_all()
         .unwrap();
 
-    // Far more than fits: the write fails with ENOSPC, it does not hang or crash the mount.
+    // Far more than fits: ENOSPC reaches the application; nothing hangs or crashes.
     let mut f = std::fs::File::create(m.path("big")).unwrap();
     let chunk = vec![7u8; 1 << 20];
-    let mut err = None;
+    let mut at_write = None;
     for _ in 0..400 {
         if let Err(e) = f.write_all(&chunk) {
-            err = Some(e);
+            at_write = Some(e);
             break;
         }
     }
-    let err = err.expect("writing 400 MiB into 96 MiB must fail");
+    let err = match at_write {
+        Some(e) => e,
+        None => {
+            assert!(!error_at_write, "write(2) must fail with ENOSPC on this mount");
+            f.sync_all().expect_err("fsync must report the lost writes")
+        }
+    };
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     drop(f);
     assert_eq!(std::fs::read(m.path("keep")).unwrap(), keep);
@@ -75,9 +94,26 @@ fn a_full_disk_gives_enospc_and_loses_nothing() {
         .unwrap()
         .sync_all()
         .unwrap();
+    // And a second fill fails the same way, on a drive that has recovered.
+    let err = fill(&m, "big2");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    std::fs::remove_file(m.path("big2")).unwrap();
     m.unmount();
-    let m = Mount::start(&data, &mnt, &[]);
+    let m = Mount::start(&data, &mnt, mount_flags);
     assert_eq!(std::fs::read(m.path("keep")).unwrap(), keep);
     assert_eq!(std::fs::read(m.path("after")).unwrap(), b"room again");
     m.unmount();
+}
+
+/// With the kernel writeback cache (the default), write(2) lands in the page cache: ENOSPC
+/// comes back from fsync (or close) once the kernel hands the pages to the drive.
+#[test]
+fn a_full_disk_gives_enospc_and_loses_nothing() {
+    full_disk(&[], false);
+}
+
+/// Without it, the write(2) that does not fit fails itself.
+#[test]
+fn a_full_disk_fails_the_write_itself_without_writeback_cache() {
+    full_disk(&["--no-writeback-cache"], true);
 }

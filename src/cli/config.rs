@@ -58,7 +58,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     (
         "writeback_cache",
-        "false",
+        "true",
         "kernel writeback cache for read-write mounts (writes reach the drive in large batches)",
     ),
     (

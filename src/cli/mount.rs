@@ -88,13 +88,14 @@ pub struct MountArgs {
     /// worth is pending, 0 to 600 (fsync, flush and unmount never wait) [default: 30].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=600))]
     pub pack_wait: Option<u64>,
-    /// Use the kernel's writeback cache on read-write mounts: writes are gathered in the
-    /// page cache and reach the drive in large batches, at the latest at close or fsync (a
-    /// full local disk is then reported at fsync or close rather than at write).
+    /// Use the kernel's writeback cache on read-write mounts (the default): writes are
+    /// gathered in the page cache and reach the drive in large batches, at the latest at
+    /// close or fsync. A full local disk is then reported by fsync or close rather than by
+    /// write(2).
     #[arg(long, overrides_with = "no_writeback_cache")]
     pub writeback_cache: bool,
-    /// Send every write(2) to the drive as it happens (the default; overrides a config
-    /// file's `writeback_cache = true`).
+    /// Send every write(2) to the drive as it happens, so that a full local disk fails the
+    /// write itself (slower, above all for small writes; overrides a config file).
     #[arg(long)]
     pub no_writeback_cache: bool,
     /// On a walrus-http network (Walrus testnet/mainnet through a publisher): store file
@@ -220,7 +221,7 @@ fn settings(args: &MountArgs, config: &Config) -> anyhow::Result<Settings> {
         max_pack,
         pack_wait: args.pack_wait.or(f.pack_wait).unwrap_or(DEFAULT_PACK_WAIT),
         writeback_cache: args.writeback_cache
-            || (!args.no_writeback_cache && f.writeback_cache.unwrap_or(false)),
+            || (!args.no_writeback_cache && f.writeback_cache.unwrap_or(true)),
         public: args.public,
         metrics_addr,
         log: f.log.clone(),

@@ -264,6 +264,9 @@ struct Inner {
     /// Whether any inode may have a `security.capability` xattr (set before one is stored,
     /// never cleared while mounted).
     caps: std::sync::atomic::AtomicBool,
+    /// Bytes of writes admitted by `check_space` and not yet on disk: concurrent writes (the
+    /// kernel's writeback sends several at once) must not each see the same free space.
+    writing: std::sync::atomic::AtomicU64,
 }
 
 /// The xattr the kernel asks for before every write(2) (to drop file capabilities).
@@ -371,6 +374,7 @@ impl Drive {
                 inflight: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 caps: std::sync::atomic::AtomicBool::new(caps),
+                writing: std::sync::atomic::AtomicU64::new(0),
                 cache: cache::DiskCache::new(cache_budget),
                 prefetch: cache::Prefetcher::new(prefetch_budget, cache::MAX_WINDOW),
                 durable,
@@ -1439,7 +1443,7 @@ impl Drive {
             .checked_add(bytes.len() as u64)
             .filter(|&e| e <= i64::MAX as u64)
             .ok_or(FsError::TooBig)?;
-        self.check_space(bytes.len() as u64)?;
+        let _admitted = self.check_space(bytes.len() as u64)?;
         let live = self.pin(ino);
         let result = async {
             let mut data = live.data.write().await;
@@ -1468,6 +1472,39 @@ impl Drive {
         .await;
         self.unpin(ino);
         result
+    }
+
+    /// What the kernel leaves to us under `FUSE_HANDLE_KILLPRIV_V2` when an unprivileged
+    /// caller writes or truncates a file: clear set-user-ID, set-group-ID where it means
+    /// mandatory group execution (`S_IXGRP` set), and file capabilities, as a local
+    /// filesystem would. Cheap when there is nothing to clear (the usual case).
+    pub async fn kill_privileges(&self, ino: Ino) -> FsResult<()> {
+        let i = self.getattr(ino).await?;
+        let sgid_exec = libc::S_ISGID | libc::S_IXGRP;
+        let kill_sgid = i.perm & sgid_exec == sgid_exec;
+        let caps = self.inner.caps.load(Ordering::SeqCst);
+        if i.kind != Kind::File || (i.perm & libc::S_ISUID == 0 && !kill_sgid && !caps) {
+            return Ok(());
+        }
+        self.settled_txn(ino, |tx, i| {
+            let mut i = i.ok_or(FsError::NotFound)?;
+            let mut perm = i.perm & !libc::S_ISUID;
+            if perm & sgid_exec == sgid_exec {
+                perm &= !libc::S_ISGID;
+            }
+            let had_caps = meta::remove_xattr(tx, ino, CAPS_XATTR)?;
+            if perm != i.perm || had_caps {
+                i.perm = perm;
+                i.ctime = Time::now();
+                if let Some(a) = meta::get_xattr(tx, ino, acl::ACCESS)?
+                    && let Some(a) = acl::chmod(&a, i.perm)
+                {
+                    meta::set_xattr(tx, ino, acl::ACCESS, &a)?;
+                }
+                meta::put_inode(tx, &i)?;
+            }
+            Ok(())
+        })
     }
 
     async fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
@@ -1927,15 +1964,33 @@ impl Drive {
     /// below a reserve, so that what must still be written when the disk is nearly full —
     /// metadata commits, the unlink that frees space, the embedded nodes' slivers — always
     /// finds room. The reserve is 5% of the disk, between 1 MiB and 256 MiB.
-    fn check_space(&self, incoming: u64) -> FsResult<()> {
+    /// Admits a write of `incoming` bytes to local disk if it leaves the reserve free (kept
+    /// for the metadata database, so that unlink and rename still work on a full disk). The
+    /// admission lasts as long as the returned guard.
+    fn check_space(&self, incoming: u64) -> FsResult<SpaceGuard<'_>> {
+        let writing = &self.inner.writing;
+        let before = writing.fetch_add(incoming, Ordering::SeqCst);
+        let guard = SpaceGuard { writing, incoming };
         let Some((avail, total)) = local_space(&self.inner.config.data_dir) else {
-            return Ok(());
+            return Ok(guard);
         };
         let reserve = (total / 20).clamp(1 << 20, 256 << 20);
-        if avail < reserve.saturating_add(incoming) {
+        if avail < reserve.saturating_add(before).saturating_add(incoming) {
             return Err(FsError::NoSpace);
         }
-        Ok(())
+        Ok(guard)
+    }
+}
+
+/// A write admitted by [`Drive::check_space`], counted until it is done.
+struct SpaceGuard<'a> {
+    writing: &'a std::sync::atomic::AtomicU64,
+    incoming: u64,
+}
+
+impl Drop for SpaceGuard<'_> {
+    fn drop(&mut self) {
+        self.writing.fetch_sub(self.incoming, Ordering::SeqCst);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The FUSE adapter: turns kernel requests into calls on [`Drive`] and its answers into
 //! replies. Nothing else lives here.
 //!
-//! Every request runs as a task on the drive's tokio runtime and replies from there, so a
-//! session thread never waits on the network (a read that fetches slivers, an fsync that
-//! waits for certification). The kernel serializes what POSIX needs serialized (writes to
+//! Every request starts in the session thread that read it and, if it has to wait (a read
+//! that fetches slivers, an fsync that waits for certification, a contended lock), goes on as
+//! a task on the drive's tokio runtime and replies from there, so a session thread never
+//! waits on the network. The kernel serializes what POSIX needs serialized (writes to
 //! one file, operations on one directory entry), so running requests concurrently is safe.
 //!
 //! Locks (`fcntl`, `flock`) are left to the kernel: a filesystem that does not implement
@@ -117,24 +118,38 @@ impl WalrusFuse {
         self
     }
 
+    /// Runs a request: first right here in the session thread, up to its first wait; if it
+    /// has to wait (a lock held by another request, the network, the blocking pool), it
+    /// continues as a task on the runtime and replies from there. Most metadata requests
+    /// and writes to staging never wait, and answering them here saves the hand-off to a
+    /// runtime thread, which is most of their cost; a session thread never waits on the
+    /// network.
     fn spawn<F>(&self, f: impl FnOnce(Drive) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let fut = f(self.drive.clone());
-        match &self.hook {
-            None => {
-                self.rt.spawn(fut);
+        let started = std::time::Instant::now();
+        let mut fut = Box::pin(f(self.drive.clone()));
+        let polled = {
+            // Tokio timers and the blocking pool need the runtime's context, even here.
+            let _rt = self.rt.enter();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            fut.as_mut().poll(&mut cx)
+        };
+        let hook = self.hook.clone().map(|h| (h, op_name::<F>()));
+        if polled.is_ready() {
+            if let Some((hook, op)) = hook {
+                hook.observe(op, started.elapsed());
             }
-            Some(hook) => {
-                let (hook, op) = (hook.clone(), op_name::<F>());
-                self.rt.spawn(async move {
-                    let started = std::time::Instant::now();
-                    fut.await;
-                    hook.observe(op, started.elapsed());
-                });
-            }
+            return;
         }
+        // Spawning polls it again at once, with a real waker this time.
+        self.rt.spawn(async move {
+            fut.await;
+            if let Some((hook, op)) = hook {
+                hook.observe(op, started.elapsed());
+            }
+        });
     }
 }
 
@@ -246,15 +261,23 @@ fn reply_xattr(reply: ReplyXattr, op: &str, size: u32, r: Result<Vec<u8>, FsErro
 
 impl Filesystem for WalrusFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // ACLs are checked by the kernel against the system.posix_acl_* xattrs we store;
-        // O_TRUNC comes with open, saving a setattr round trip.
+        // ACLs are checked by the kernel against the system.posix_acl_* xattrs we store.
+        // No FUSE_ATOMIC_O_TRUNC: with it the kernel forgets a new file's attributes after
+        // create(O_TRUNC) and asks for them again at the next stat (every `open(.., "w")`
+        // of a new file pays a getattr); without it, truncating an existing file costs a
+        // setattr instead of that getattr, and the setattr carries the kernel's clearing of
+        // set-ID bits (FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on, is not needed).
         // FUSE_DONT_MASK: the kernel leaves the umask to us (it would apply it before a
         // directory's default ACL could say otherwise).
         let wanted = InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DONT_MASK
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_BIG_WRITES;
+            | InitFlags::FUSE_BIG_WRITES
+            // We clear set-user-ID, set-group-ID and capabilities on unprivileged writes
+            // and truncations (`Drive::kill_privileges`). In return the kernel marks the
+            // superblock SB_NOSEC and stops asking for `security.capability` before every
+            // write(2): one round trip fewer per write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let wanted = if self.writeback_cache {
             wanted | InitFlags::FUSE_WRITEBACK_CACHE
         } else {
@@ -489,17 +512,21 @@ impl Filesystem for WalrusFuse {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         self.spawn(|d| async move {
+            if kill && let Err(e) = d.kill_privileges(ino.0).await {
+                return reply.error(errno("write", &e));
+            }
             match d.write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno("write", &e)),
