@@ -79,7 +79,10 @@ fn full_disk(mount_flags: &[&str], error_at_write: bool) {
     let err = match at_write {
         Some(e) => e,
         None => {
-            assert!(!error_at_write, "write(2) must fail with ENOSPC on this mount");
+            assert!(
+                !error_at_write,
+                "write(2) must fail with ENOSPC on this mount"
+            );
             f.sync_all().expect_err("fsync must report the lost writes")
         }
     };

@@ -1771,3 +1771,51 @@ fn files_beyond_4_gib() {
     let m = env.remount_cold(m);
     check(&m.path("huge"));
 }
+
+/// Writing or truncating a file as a user without CAP_FSETID clears set-user-ID, and
+/// set-group-ID where group execution is on, as on a local filesystem (the mount handles
+/// FUSE_HANDLE_KILLPRIV_V2, so the kernel leaves it to the drive); root keeps them.
+#[test]
+fn unprivileged_writes_clear_set_id_bits() {
+    let (env, m) = setup();
+    fs::set_permissions(env.mnt.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let f = m.path("tool");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    // Root writes: nothing cleared.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"# root\n")
+        .unwrap();
+    assert_eq!(mode(&f), 0o6777);
+    let (ok, err) = as_nobody(&format!("echo '# nobody' >> '{}'", f.display()));
+    assert!(ok, "{err}");
+    assert_eq!(
+        mode(&f),
+        0o0777,
+        "suid and sgid (with g+x) cleared by the write"
+    );
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        b"#!/bin/sh\n# root\n# nobody\n".to_vec()
+    );
+
+    // set-group-ID without group execution is mandatory locking, not privilege: kept.
+    let g = m.path("locked");
+    fs::write(&g, b"x").unwrap();
+    fs::set_permissions(&g, fs::Permissions::from_mode(0o6766)).unwrap();
+    let (ok, err) = as_nobody(&format!(": > '{}'", g.display()));
+    assert!(ok, "{err}");
+    assert_eq!(
+        mode(&g),
+        0o2766,
+        "truncation clears suid, keeps sgid without g+x"
+    );
+    assert_eq!(fs::metadata(&g).unwrap().len(), 0);
+    let m = env.remount(m);
+    assert_eq!(mode(&m.path("tool")), 0o0777);
+    assert_eq!(mode(&m.path("locked")), 0o2766);
+}

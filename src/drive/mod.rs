@@ -149,6 +149,10 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub ctime: Option<Time>,
+    /// Clear set-user-ID, set-group-ID (where group execution is on) and file
+    /// capabilities of a non-directory as part of this change, unless `mode` is given: what
+    /// chown and an unprivileged truncate do on a local filesystem.
+    pub kill_privileges: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1108,6 +1112,23 @@ impl Drive {
             let mut i = i.ok_or(FsError::NotFound)?;
             let now = Time::now();
             let mut changed = false;
+            if set.kill_privileges && set.mode.is_none() && i.kind != Kind::Dir {
+                let sgid_exec = libc::S_ISGID | libc::S_IXGRP;
+                let mut perm = i.perm & !libc::S_ISUID;
+                if perm & sgid_exec == sgid_exec {
+                    perm &= !libc::S_ISGID;
+                }
+                let had_caps = meta::remove_xattr(tx, ino, CAPS_XATTR)?;
+                if perm != i.perm || had_caps {
+                    i.perm = perm;
+                    changed = true;
+                    if let Some(a) = meta::get_xattr(tx, ino, acl::ACCESS)?
+                        && let Some(a) = acl::chmod(&a, i.perm)
+                    {
+                        meta::set_xattr(tx, ino, acl::ACCESS, &a)?;
+                    }
+                }
+            }
             if let Some(mode) = set.mode {
                 i.perm = mode & 0o7777;
                 changed = true;

@@ -323,7 +323,7 @@ impl Filesystem for WalrusFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -347,6 +347,11 @@ impl Filesystem for WalrusFuse {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             ctime: ctime.map(time_from_kernel),
+            // Under FUSE_HANDLE_KILLPRIV_V2 the kernel flags these (FATTR_KILL_SUIDGID, which
+            // fuser does not pass on) instead of sending the cleared mode: every chown of a
+            // non-directory, and truncations by callers without CAP_FSETID, for which a
+            // non-root caller stands here.
+            kill_privileges: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
         };
         self.spawn(|d| async move {
             match d.setattr(ino.0, set).await {
