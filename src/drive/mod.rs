@@ -1790,6 +1790,28 @@ impl Drive {
 
     /// Up to `limit` entries after `offset` (0 starts at the beginning; each entry's
     /// `offset` continues after it). "." and ".." come first.
+    /// As [`Drive::readdir`], with each entry's attributes (for the kernel's READDIRPLUS:
+    /// `ls -l` then needs no lookup per entry). Entries removed between the two reads are
+    /// left out.
+    pub async fn readdir_plus(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> FsResult<Vec<(ReadDirEntry, Inode)>> {
+        let entries = self.readdir(ino, offset, limit).await?;
+        let out = self.read_db(|c| {
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                if let Some(i) = meta::get_inode(c, e.ino)? {
+                    out.push((e, i));
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(out.into_iter().map(|(e, i)| (e, self.overlay(i))).collect())
+    }
+
     pub async fn readdir(
         &self,
         ino: Ino,

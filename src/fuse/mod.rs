@@ -18,8 +18,8 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
@@ -273,6 +273,10 @@ impl Filesystem for WalrusFuse {
             | InitFlags::FUSE_DONT_MASK
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_BIG_WRITES
+            // Attributes come with directory listings when the kernel sees them used (`ls
+            // -l`, `find -size`): no lookup round trip per entry.
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
             // We clear set-user-ID, set-group-ID and capabilities on unprivileged writes
             // and truncations (`Drive::kill_privileges`). In return the kernel marks the
             // superblock SB_NOSEC and stops asking for `security.capability` before every
@@ -603,6 +607,39 @@ impl Filesystem for WalrusFuse {
                     reply.ok();
                 }
                 Err(e) => reply.error(errno("readdir", &e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.spawn(|d| async move {
+            match d.readdir_plus(ino.0, offset, 1024).await {
+                Ok(entries) => {
+                    for (e, i) in entries {
+                        let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
+                        // The kernel takes a lookup reference on each entry but ".." and
+                        // "."; the drive keeps no lookup counts, so nothing to record.
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.offset,
+                            name,
+                            &TTL,
+                            &attr(&i),
+                            Generation(0),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno("readdirplus", &e)),
             }
         });
     }
