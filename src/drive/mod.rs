@@ -285,6 +285,7 @@ const CAPS_XATTR: &[u8] = b"security.capability";
 struct PendingAttr {
     size: u64,
     mtime: Time,
+    ctime: Time,
 }
 
 /// Memory for verified extents kept hot.
@@ -590,7 +591,7 @@ impl Drive {
         if let Some(p) = lock(&self.inner.pending).get(&i.ino) {
             i.size = p.size;
             i.mtime = p.mtime;
-            i.ctime = i.ctime.max(p.mtime);
+            i.ctime = i.ctime.max(p.ctime);
         }
         i
     }
@@ -604,7 +605,7 @@ impl Drive {
         // A file created and closed unwritten: the database already says the same.
         let same = self
             .read_db(|c| meta::get_inode(c, ino))?
-            .is_none_or(|i| i.size == p.size && i.mtime == p.mtime);
+            .is_none_or(|i| i.size == p.size && i.mtime == p.mtime && i.ctime >= p.ctime);
         if same {
             let mut pending = lock(&self.inner.pending);
             if pending.get(&ino) == Some(&p) {
@@ -628,7 +629,7 @@ impl Drive {
             if let (Some(i), Some(p)) = (i.as_mut(), p) {
                 i.size = p.size;
                 i.mtime = p.mtime;
-                i.ctime = i.ctime.max(p.mtime);
+                i.ctime = i.ctime.max(p.ctime);
                 meta::put_inode(tx, i)?;
             }
             f(tx, i)
@@ -842,6 +843,7 @@ impl Drive {
                     PendingAttr {
                         size: 0,
                         mtime: inode.mtime,
+                        ctime: inode.ctime,
                     },
                 );
             }
@@ -1094,7 +1096,44 @@ impl Drive {
         Err(FsError::Schema("directory parents form a loop".into()))
     }
 
+    /// A setattr of modification and change times alone on a file being written: with the
+    /// writeback cache the kernel keeps those times itself and sends them before every flush.
+    /// They join the file's pending size and mtime in memory (settled at close as the rest),
+    /// instead of costing a commit of their own. `None`: not such a setattr.
+    fn set_times_pending(&self, ino: Ino, set: &SetAttr) -> FsResult<Option<Inode>> {
+        let only_times = set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.size.is_none()
+            && set.atime.is_none()
+            && !set.kill_privileges
+            && (set.mtime.is_some() || set.ctime.is_some());
+        if !only_times || !lock(&self.inner.pending).contains_key(&ino) {
+            return Ok(None);
+        }
+        self.writable()?;
+        let now = Time::now();
+        let i = self.read_db(|c| meta::inode(c, ino))?;
+        let mut pending = lock(&self.inner.pending);
+        let Some(p) = pending.get_mut(&ino) else {
+            // Settled meanwhile: the slow path records it.
+            return Ok(None);
+        };
+        if let Some(t) = set.mtime {
+            p.mtime = match t {
+                TimeSet::Now => now,
+                TimeSet::At(t) => t,
+            };
+        }
+        p.ctime = set.ctime.unwrap_or(now).max(p.ctime);
+        drop(pending);
+        Ok(Some(self.overlay(i)))
+    }
+
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Inode> {
+        if let Some(i) = self.set_times_pending(ino, &set)? {
+            return Ok(i);
+        }
         if set.mode.is_some()
             || set.uid.is_some()
             || set.gid.is_some()
@@ -1486,7 +1525,14 @@ impl Drive {
             let mtime = Time::now();
             let mut pending = lock(&self.inner.pending);
             let size = pending.get(&ino).map_or(size, |p| p.size).max(end);
-            pending.insert(ino, PendingAttr { size, mtime });
+            pending.insert(
+                ino,
+                PendingAttr {
+                    size,
+                    mtime,
+                    ctime: mtime,
+                },
+            );
             drop(pending);
             u32::try_from(bytes.len()).map_err(|_| FsError::TooBig)
         }

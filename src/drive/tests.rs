@@ -1265,6 +1265,21 @@ async fn sizes_and_times_of_writes_reach_the_database_at_close_and_before_setatt
         .await
         .unwrap();
     assert_eq!((i.size, i.mtime), (10_000, old));
+    let i = d.getattr(ino).await.unwrap();
+    assert_eq!((i.size, i.mtime), (10_000, old));
+    // Times alone on a file being written stay with its pending size (the writeback cache
+    // sends them before every close); anything else settles first.
+    let i = d
+        .setattr(
+            ino,
+            SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((i.size, i.mtime, i.perm), (10_000, old, 0o600));
     assert_eq!((in_db(&d).size, in_db(&d).mtime), (10_000, old));
     // A later write moves it on again; close records it.
     write_all(&d, fh, 20_000, b"tail").await;
@@ -1291,5 +1306,20 @@ async fn sizes_and_times_of_writes_reach_the_database_at_close_and_before_setatt
     d.release(fh).await.unwrap();
     d.wait_idle().await.unwrap();
     assert_eq!(read_file(&d, ino).await.unwrap(), pattern(10_000, 1)[..5]);
+    // Times set after the last write (as `cp -p` does before close) reach the database at
+    // close.
+    let fh = d.open(ino, libc::O_WRONLY).await.unwrap();
+    write_all(&d, fh, 5, b"x").await;
+    d.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(TimeSet::At(old)),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    d.release(fh).await.unwrap();
+    assert_eq!((in_db(&d).size, in_db(&d).mtime), (6, old));
     stop(d).await;
 }
