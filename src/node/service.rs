@@ -670,8 +670,11 @@ fn store_verified_sliver(
         .verify(encoding, &metadata.metadata)
         .map_err(|source| NodeError::InvalidSliver { blob_id, source })?;
     drop(permit);
+    // Systematic primary slivers are what reads fetch: keep them in the page cache.
+    let keep_cached =
+        sliver_type == SliverType::Primary && pair < encoding.n_primary_source_symbols();
     let stored = store
-        .put_sliver(&blob_id, pair, &sliver)
+        .put_sliver_with(&blob_id, pair, &sliver, keep_cached)
         .map_err(NodeError::Store)?;
     Ok((stored, loaded))
 }
