@@ -573,7 +573,14 @@ impl StorageNode {
             .map(|&s| shard_to_pair(s, n_shards, &blob_id))
             .collect();
         let missing = self
-            .on_store(move |s| Ok(s.missing(&blob_id, &pairs)))
+            .on_store(move |s| {
+                let missing = s.missing(&blob_id, &pairs);
+                if missing.is_empty() {
+                    // The slivers' names durable before the signature promises them.
+                    s.sync_blob(&blob_id)?;
+                }
+                Ok(missing)
+            })
             .await?;
         if let Some(first) = missing.first() {
             return Err(NodeError::NotFullyStored {

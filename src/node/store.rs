@@ -14,9 +14,12 @@
 //! WAL (which would write every byte twice), and the file system is the index we need. The
 //! presence of a file is the only state, so there is no index to keep consistent with data.
 //!
-//! Durability: a file is written under `tmp/`, fsynced, renamed into place, and the directory
-//! it lands in is fsynced. The rename is atomic, so a name in `blobs/` always points at a
-//! complete, fsynced file: **a file exists only if it was verified and is durable**. Slivers
+//! Durability: a file is written under `tmp/`, fsynced, and renamed into place. The rename is
+//! atomic, so a name in `blobs/` always points at a complete, fsynced file: **a file exists
+//! only if it was verified and its content is durable**. The name itself becomes durable when
+//! the directory is fsynced: at once for metadata, and for slivers once per confirmation
+//! ([`SliverStore::sync_blob`], called before the node signs), not once per sliver (a crash
+//! before it may lose recently renamed slivers, never leave a partial one). Slivers
 //! other than the systematic primary ones are written with `O_DIRECT` (see [`DIRECT_MIN`]). A blob's
 //! directory (and its fan-out directory) is created, and both parents fsynced, when its
 //! metadata is stored, which always precedes its slivers. A crash leaves at worst orphans in
@@ -212,14 +215,15 @@ impl SliverStore {
             .join(sliver_file_name(pair, sliver_type))
     }
 
-    /// Writes `bytes` as `dir/name` durably, unless that file exists already. Returns whether
-    /// it was written.
+    /// Writes `parts` as `dir/name`, unless that file exists already: content fsynced, then
+    /// renamed into place, then (if `sync_name`) `dir` fsynced. Returns whether it was written.
     fn write_durably(
         &self,
         dir: &Path,
         name: &str,
         parts: &[&[u8]],
         direct: bool,
+        sync_name: bool,
     ) -> Result<bool, StoreError> {
         let dest = dir.join(name);
         if dest.exists() {
@@ -236,7 +240,9 @@ impl SliverStore {
             let _ = fs::remove_file(&tmp);
             return Err(io_err(&dest)(e));
         }
-        sync_dir(dir)?;
+        if sync_name {
+            sync_dir(dir)?;
+        }
         Ok(true)
     }
 
@@ -261,7 +267,7 @@ impl SliverStore {
         sync_dir(&self.blobs)?;
         create_dir_if_missing(&dir)?;
         sync_dir(&fanout)?;
-        self.write_durably(&dir, "metadata", &[&metadata.to_bcs()], false)
+        self.write_durably(&dir, "metadata", &[&metadata.to_bcs()], false, true)
     }
 
     pub fn has_metadata(&self, blob_id: &BlobId) -> bool {
@@ -327,7 +333,17 @@ impl SliverStore {
             &sliver_file_name(pair, sliver.sliver_type),
             &[&prefix, &sliver.data, &suffix],
             !keep_cached,
+            // The blob's directory is fsynced once before a confirmation ([`Self::sync_blob`]),
+            // not once per sliver.
+            false,
         )
+    }
+
+    /// Makes the names of the blob's files durable (fsyncs its directory). Their contents
+    /// are durable from the moment they have their names; a confirmation additionally needs
+    /// the names to survive a crash, so the node calls this before it signs one.
+    pub fn sync_blob(&self, blob_id: &BlobId) -> Result<(), StoreError> {
+        sync_dir(&self.blob_dir(blob_id))
     }
 
     pub fn has_sliver(&self, blob_id: &BlobId, pair: u16, sliver_type: SliverType) -> bool {
