@@ -178,12 +178,24 @@ impl NodeApi {
         pair: u16,
         sliver: &Sliver,
     ) -> Result<(), NodeError> {
-        let body = sliver.to_bcs();
+        self.put_sliver_bcs(blob_id, pair, sliver.sliver_type, sliver.to_bcs().into())
+            .await
+    }
+
+    /// Like [`Self::put_sliver`], with the sliver's BCS bytes already made (the body is sent
+    /// as it is, without another copy; cloning it for a retry copies nothing either).
+    pub async fn put_sliver_bcs(
+        &self,
+        blob_id: &BlobId,
+        pair: u16,
+        sliver_type: SliverType,
+        body: bytes::Bytes,
+    ) -> Result<(), NodeError> {
         let t = self.timeout_for(body.len());
         let url = format!(
             "{}/v1/blobs/{blob_id}/slivers/{pair}/{}",
             self.base,
-            axis(sliver.sliver_type)
+            axis(sliver_type)
         );
         self.send(
             self.http

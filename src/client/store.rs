@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
-use futures::future::join_all;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Client, ClientError, NodeApi, NodeError};
-use crate::encoding::{BlobId, EncodedBlob, EncodingConfig, EncodingType, shard_to_pair};
+use crate::encoding::{
+    BlobId, EncodedBlob, EncodingConfig, EncodingType, SliverType, shard_to_pair,
+};
 use crate::ledger::BlobObject;
 use crate::protocol::{ConfirmationAggregator, ObjectId, RequiredWeight, SignedMessage};
 
@@ -57,8 +60,14 @@ impl std::fmt::Debug for StoreOutcome {
     }
 }
 
-/// Sliver uploads in flight per node.
-const UPLOADS_PER_NODE: usize = 32;
+/// Sliver uploads in flight per node: bodies up to about this many bytes (each body is made
+/// when its upload starts; all at once, they were a second copy of the encoded blob, in fresh
+/// memory)...
+const UPLOAD_BYTES_PER_NODE: usize = 16 << 20;
+/// ...but at least this many (enough to keep every node's verification busy)...
+const MIN_UPLOADS_PER_NODE: usize = 8;
+/// ...and at most this many.
+const MAX_UPLOADS_PER_NODE: usize = 32;
 
 /// Uploads the metadata and this node's sliver pairs, then asks for its confirmation.
 async fn upload_to_node(
@@ -74,26 +83,45 @@ async fn upload_to_node(
         .iter()
         .map(|&s| shard_to_pair(s, n, &blob_id))
         .collect();
-    for chunk in pairs.chunks(UPLOADS_PER_NODE.div_ceil(2).max(1)) {
-        let puts = chunk.iter().flat_map(|&pair| {
-            let (api, encoded) = (&api, &encoded);
-            [
-                Box::pin(async move {
-                    let s = encoded.primary_sliver(usize::from(pair));
-                    retry(|| api.put_sliver(&blob_id, pair, &s)).await
-                })
-                    as std::pin::Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>,
-                Box::pin(async move {
-                    let s = encoded.secondary_sliver(usize::from(pair));
-                    retry(|| api.put_sliver(&blob_id, pair, &s)).await
-                }),
-            ]
-        });
-        for r in join_all(puts).await {
-            r?;
+    // Small slivers: many at once (their cost is latency: an fsync each on the node); large
+    // ones: enough to keep the node verifying while bounding the bodies in memory.
+    let sliver_len = encoded.primary_bcs_len().max(1);
+    let in_flight =
+        (UPLOAD_BYTES_PER_NODE / sliver_len).clamp(MIN_UPLOADS_PER_NODE, MAX_UPLOADS_PER_NODE);
+    let mut todo = pairs
+        .iter()
+        .flat_map(|&pair| [(pair, SliverType::Primary), (pair, SliverType::Secondary)])
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut uploads = FuturesUnordered::new();
+    loop {
+        while uploads.len() < in_flight
+            && let Some((pair, sliver_type)) = todo.next()
+        {
+            uploads.push(upload_sliver(&api, &encoded, blob_id, pair, sliver_type));
+        }
+        match uploads.next().await {
+            Some(r) => r?,
+            None => break,
         }
     }
     retry(|| api.get_confirmation(&blob_id, object_id)).await
+}
+
+/// Makes the BCS body of one sliver and uploads it.
+async fn upload_sliver(
+    api: &NodeApi,
+    encoded: &EncodedBlob,
+    blob_id: BlobId,
+    pair: u16,
+    sliver_type: SliverType,
+) -> Result<(), NodeError> {
+    let p = usize::from(pair);
+    let body = bytes::Bytes::from(match sliver_type {
+        SliverType::Primary => encoded.primary_bcs(p),
+        SliverType::Secondary => encoded.secondary_bcs(p),
+    });
+    retry(|| api.put_sliver_bcs(&blob_id, pair, sliver_type, body.clone())).await
 }
 
 /// Retries transient failures (timeouts, 5xx) twice; a refused connection or a 4xx is final.

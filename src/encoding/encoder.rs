@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::codec::Encoder;
 use super::merkle::{DIGEST_LEN, LeafHasher, MerkleBuilder, ZeroChain};
 use super::metadata::SliverPairMetadata;
+use super::sliver::write_bcs_header;
 use super::{BlobMetadataWithId, EncodingConfig, EncodingError, Sliver, SliverType};
 
 type Hash = [u8; DIGEST_LEN];
@@ -315,25 +316,34 @@ impl EncodedBlob {
 
     /// The data of primary sliver `index` (row `index` of the expanded matrix).
     pub fn primary_data(&self, index: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.config.cols() * self.s);
+        self.extend_primary_data(index, &mut out);
+        out
+    }
+
+    fn extend_primary_data(&self, index: usize, out: &mut Vec<u8>) {
         let (rows, cols, s) = (self.config.rows(), self.config.cols(), self.s);
         if index < rows {
-            self.source[index * cols * s..(index + 1) * cols * s].to_vec()
+            out.extend_from_slice(&self.source[index * cols * s..(index + 1) * cols * s]);
         } else {
             let m_col = self.config.n_shards_usize() - rows;
             let q = index - rows;
-            let mut out = Vec::with_capacity(cols * s);
             for j in 0..cols {
                 let at = (j * m_col + q) * s;
                 out.extend_from_slice(&self.col_recovery[at..at + s]);
             }
-            out
         }
     }
 
     /// The data of secondary sliver `index` (column `index` of the expanded matrix).
     pub fn secondary_data(&self, index: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.config.rows() * self.s);
+        self.extend_secondary_data(index, &mut out);
+        out
+    }
+
+    fn extend_secondary_data(&self, index: usize, out: &mut Vec<u8>) {
         let (rows, cols, s) = (self.config.rows(), self.config.cols(), self.s);
-        let mut out = Vec::with_capacity(rows * s);
         if index < cols {
             for r in 0..rows {
                 let at = (r * cols + index) * s;
@@ -346,7 +356,6 @@ impl EncodedBlob {
                 out.extend_from_slice(&self.row_recovery[at..at + s]);
             }
         }
-        out
     }
 
     /// The primary sliver of sliver pair `pair`.
@@ -370,12 +379,36 @@ impl EncodedBlob {
         }
     }
 
-    pub fn primary_bcs(&self, pair: usize) -> Vec<u8> {
-        self.primary_sliver(pair).to_bcs()
+    /// The length of a primary sliver's BCS bytes (the larger of the two kinds).
+    pub fn primary_bcs_len(&self) -> usize {
+        self.config.cols() * self.s + 9
     }
 
+    /// The BCS bytes of the primary sliver of pair `pair` (the same as
+    /// `primary_sliver(pair).to_bcs()`, with one copy of the symbols instead of two).
+    pub fn primary_bcs(&self, pair: usize) -> Vec<u8> {
+        let len = self.config.cols() * self.s;
+        self.sliver_bcs(len, pair as u16, |out| self.extend_primary_data(pair, out))
+    }
+
+    /// The BCS bytes of the secondary sliver of pair `pair`, as [`Self::primary_bcs`].
     pub fn secondary_bcs(&self, pair: usize) -> Vec<u8> {
-        self.secondary_sliver(pair).to_bcs()
+        let index = self.n_pairs() - 1 - pair;
+        let len = self.config.rows() * self.s;
+        self.sliver_bcs(len, index as u16, |out| {
+            self.extend_secondary_data(index, out)
+        })
+    }
+
+    fn sliver_bcs(&self, len: usize, index: u16, data: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 9);
+        write_bcs_header(&mut out, len);
+        let header = out.len();
+        data(&mut out);
+        debug_assert_eq!(out.len(), header + len);
+        out.extend_from_slice(&(self.s as u16).to_le_bytes());
+        out.extend_from_slice(&index.to_le_bytes());
+        out
     }
 }
 

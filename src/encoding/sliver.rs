@@ -37,6 +37,16 @@ impl Sliver {
         pair_index(self.sliver_type, self.index, n_shards)
     }
 
+    /// The BCS bytes around the symbols: the ULEB128 length prefix before them, and symbol
+    /// size and index (u16 LE each) after them. `prefix ‖ data ‖ suffix` is [`Self::to_bcs`].
+    pub fn bcs_framing(&self) -> (Vec<u8>, [u8; 4]) {
+        let mut prefix = Vec::with_capacity(5);
+        write_bcs_header(&mut prefix, self.data.len());
+        let [a, b] = self.symbol_size.to_le_bytes();
+        let [c, d] = self.index.to_le_bytes();
+        (prefix, [a, b, c, d])
+    }
+
     /// BCS bytes: ULEB128 length, the symbols, symbol size (u16 LE), index (u16 LE).
     pub fn to_bcs(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.data.len() + 10);
@@ -279,6 +289,8 @@ pub struct SliverBcsReader<'a> {
     /// The symbols' destination, of exactly the expected length; `None`: a new vector.
     dest: Option<&'a mut [u8]>,
     owned: Vec<u8>,
+    /// At most this much is reserved for `owned` up front, whatever the length prefix says.
+    reserve_cap: usize,
     header: [u8; 5],
     header_len: usize,
     len: Option<usize>,
@@ -301,11 +313,19 @@ impl<'a> SliverBcsReader<'a> {
         Self::with_dest(sliver_type, Some(dest))
     }
 
+    /// Reserves at most `bytes` for the symbols when the length prefix arrives (a body from
+    /// an untrusted peer may announce more than the caller will accept).
+    pub fn reserve_at_most(mut self, bytes: usize) -> Self {
+        self.reserve_cap = bytes;
+        self
+    }
+
     fn with_dest(sliver_type: SliverType, dest: Option<&'a mut [u8]>) -> Self {
         Self {
             sliver_type,
             dest,
             owned: Vec::new(),
+            reserve_cap: usize::MAX,
             header: [0; 5],
             header_len: 0,
             len: None,
@@ -333,7 +353,7 @@ impl<'a> SliverBcsReader<'a> {
                 ));
             }
             Some(_) => {}
-            None => self.owned.reserve_exact(len),
+            None => self.owned.reserve_exact(len.min(self.reserve_cap)),
         }
         self.len = Some(len);
         Ok(())

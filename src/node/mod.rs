@@ -11,11 +11,12 @@
 //!
 //! Invariants:
 //! - a sliver or metadata file exists on disk only if it was verified (metadata against its
-//!   blob ID, slivers against the stored metadata) and is durable (fsynced, then renamed into
-//!   place, then its directory fsynced);
+//!   blob ID, slivers against the stored metadata) and its content is durable (fsynced, then
+//!   renamed into place);
 //! - a storage confirmation is signed only for a blob with a live registration of the
 //!   requested persistence type, when the metadata and both slivers of every pair of the
-//!   node's shards in the current epoch are on disk;
+//!   node's shards in the current epoch are on disk and their names durable (the blob's
+//!   directory fsynced after the last of them was renamed into place, once per confirmation);
 //! - request bytes are never trusted: every body is length-limited, parsed without panicking,
 //!   and verified before it is stored.
 

@@ -2,8 +2,9 @@
 //! uploads, keep them on disk, and sign storage confirmations.
 //!
 //! The ledger and the disk are reached through blocking calls, run on tokio's blocking
-//! threads; sliver verification (one Reed–Solomon encoding and `n` hashes per sliver) too,
-//! at most one per core at a time so that uploads cannot starve the rest of the node.
+//! threads. Sliver verification (one Reed–Solomon encoding and `n` hashes per sliver) runs on
+//! rayon's threads, whose scratch buffers stay warm, at most one per core at a time so that
+//! uploads cannot starve the rest of the node.
 //!
 //! Every request reads the blob's registrations and the current epoch from the ledger afresh
 //! (one read). What cannot change is kept in memory: the node's shards per epoch (a committee
@@ -453,6 +454,27 @@ impl StorageNode {
         view.require_live(blob_id)?;
         self.check_shard(&view, blob_id, pair)?;
         let metadata = self.cached_metadata(&blob_id);
+        let (store, encoding) = (self.store.clone(), self.encoding);
+        // Disk I/O on a blocking thread: a stored copy, the metadata if not cached.
+        let check = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                stored_copy_or_metadata(&store, blob_id, pair, sliver, metadata)
+            })
+            .await
+            .map_err(join_error)??
+        };
+        let (sliver, metadata, loaded) = match check {
+            Checked::Stored(stored) => return Ok(stored),
+            Checked::Verify {
+                sliver,
+                metadata,
+                loaded,
+            } => (sliver, metadata, loaded),
+        };
+        if let Some(m) = loaded {
+            self.cache_metadata(m);
+        }
         let permit: OwnedSemaphorePermit = self
             .verify_permits
             .clone()
@@ -461,16 +483,33 @@ impl StorageNode {
             .map_err(|e| NodeError::Internal {
                 reason: format!("verification limiter closed: {e}"),
             })?;
-        let (store, encoding) = (self.store.clone(), self.encoding);
-        // One blocking task: look for a stored copy, load the metadata, verify, write.
-        let (stored, loaded) = tokio::task::spawn_blocking(move || {
-            store_verified_sliver(&store, &encoding, blob_id, pair, sliver, metadata, permit)
+        // Verification on rayon's threads (one per core): their scratch buffers (MBs) stay
+        // warm, where tokio's blocking pool would start new threads with fresh ones.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rayon::spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sliver.verify(&encoding, &metadata.metadata)
+            }));
+            let _ = tx.send((result, sliver));
+        });
+        let (result, sliver) = rx.await.map_err(|_| NodeError::Internal {
+            reason: "sliver verification stopped unexpectedly".into(),
+        })?;
+        drop(permit);
+        result
+            .map_err(|_| NodeError::Internal {
+                reason: "sliver verification failed unexpectedly (a bug: see the log)".into(),
+            })?
+            .map_err(|source| NodeError::InvalidSliver { blob_id, source })?;
+        // Systematic primary slivers are what reads fetch: keep them in the page cache.
+        let keep_cached =
+            sliver.sliver_type == SliverType::Primary && pair < encoding.n_primary_source_symbols();
+        let stored = tokio::task::spawn_blocking(move || {
+            store.put_sliver_with(&blob_id, pair, &sliver, keep_cached)
         })
         .await
-        .map_err(join_error)??;
-        if let Some(m) = loaded {
-            self.cache_metadata(m);
-        }
+        .map_err(join_error)?
+        .map_err(NodeError::Store)?;
         if stored {
             debug!("sliver stored");
         }
@@ -534,7 +573,14 @@ impl StorageNode {
             .map(|&s| shard_to_pair(s, n_shards, &blob_id))
             .collect();
         let missing = self
-            .on_store(move |s| Ok(s.missing(&blob_id, &pairs)))
+            .on_store(move |s| {
+                let missing = s.missing(&blob_id, &pairs);
+                if missing.is_empty() {
+                    // The slivers' names durable before the signature promises them.
+                    s.sync_blob(&blob_id)?;
+                }
+                Ok(missing)
+            })
             .await?;
         if let Some(first) = missing.first() {
             return Err(NodeError::NotFullyStored {
@@ -623,17 +669,27 @@ impl StorageNode {
     }
 }
 
-/// The blocking part of [`StorageNode::store_sliver`]: returns whether the sliver was newly
-/// stored, and the metadata if it had to be read from disk. `permit` is held while verifying.
-fn store_verified_sliver(
+/// What [`stored_copy_or_metadata`] found.
+enum Checked {
+    /// A copy is stored already: `false` (not newly stored), or the upload differs from it.
+    Stored(bool),
+    /// Nothing stored yet: verify `sliver` against `metadata` (`loaded`: read from disk).
+    Verify {
+        sliver: Sliver,
+        metadata: Arc<BlobMetadataWithId>,
+        loaded: Option<Arc<BlobMetadataWithId>>,
+    },
+}
+
+/// The blocking part of [`StorageNode::store_sliver`] before verification: a stored copy of
+/// the sliver, else the metadata to verify it against (from the cache or the disk).
+fn stored_copy_or_metadata(
     store: &SliverStore,
-    encoding: &EncodingConfig,
     blob_id: BlobId,
     pair: u16,
     sliver: Sliver,
     metadata: Option<Arc<BlobMetadataWithId>>,
-    permit: OwnedSemaphorePermit,
-) -> Result<(bool, Option<Arc<BlobMetadataWithId>>), NodeError> {
+) -> Result<Checked, NodeError> {
     let sliver_type = sliver.sliver_type;
     // The stored sliver was verified, and only one sliver matches the metadata's hash, so a
     // second upload is either the same bytes or invalid: no need to verify it again.
@@ -641,9 +697,8 @@ fn store_verified_sliver(
         .get_sliver_bcs(&blob_id, pair, sliver_type)
         .map_err(NodeError::Store)?
     {
-        drop(permit);
         if stored == sliver.to_bcs() {
-            return Ok((false, None));
+            return Ok(Checked::Stored(false));
         }
         return Err(NodeError::InvalidSliver {
             blob_id,
@@ -666,14 +721,11 @@ fn store_verified_sliver(
             (m.clone(), Some(m))
         }
     };
-    sliver
-        .verify(encoding, &metadata.metadata)
-        .map_err(|source| NodeError::InvalidSliver { blob_id, source })?;
-    drop(permit);
-    let stored = store
-        .put_sliver(&blob_id, pair, &sliver)
-        .map_err(NodeError::Store)?;
-    Ok((stored, loaded))
+    Ok(Checked::Verify {
+        sliver,
+        metadata,
+        loaded,
+    })
 }
 
 fn join_error(e: tokio::task::JoinError) -> NodeError {
