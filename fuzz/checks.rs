@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 
 use walrusfs::encoding::{
-    BlobId, BlobMetadataWithId, EncodedBlob, EncodingConfig, Sliver, SliverType,
+    BlobId, BlobMetadataWithId, EncodedBlob, EncodingConfig, Sliver, SliverBcsReader, SliverType,
 };
 
 /// A small valid blob, encoded: the reference slivers and metadata are checked against.
@@ -59,7 +59,26 @@ const TYPES: [SliverType; 2] = [SliverType::Primary, SliverType::Secondary];
 /// decoding with it among genuine slivers neither panics nor (after verification) goes wrong.
 pub fn sliver_bcs(data: &[u8]) {
     for sliver_type in TYPES {
-        let Ok(sliver) = Sliver::from_bcs(data, sliver_type) else {
+        // The streaming parser the node and client use on request bodies agrees with
+        // `from_bcs` however the body is cut into chunks.
+        let parsed = Sliver::from_bcs(data, sliver_type);
+        let cuts = [
+            data.first().map_or(0, |&b| usize::from(b)),
+            data.last().map_or(0, |&b| usize::from(b) * 7),
+        ];
+        let mut reader = SliverBcsReader::new(sliver_type).reserve_at_most(1 << 20);
+        let (a, b) = (cuts[0].min(data.len()), cuts[1].min(data.len()));
+        let (a, b) = (a.min(b), a.max(b));
+        let streamed = [&data[..a], &data[a..b], &data[b..]]
+            .into_iter()
+            .try_for_each(|chunk| reader.feed(chunk))
+            .and_then(|()| reader.finish());
+        assert_eq!(
+            streamed.as_ref().ok(),
+            parsed.as_ref().ok(),
+            "SliverBcsReader and Sliver::from_bcs disagree (cut at {a} and {b})"
+        );
+        let Ok(sliver) = parsed else {
             continue;
         };
         assert_eq!(sliver.sliver_type, sliver_type);
