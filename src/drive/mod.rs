@@ -1152,21 +1152,7 @@ impl Drive {
             let now = Time::now();
             let mut changed = false;
             if set.kill_privileges && set.mode.is_none() && i.kind != Kind::Dir {
-                let sgid_exec = libc::S_ISGID | libc::S_IXGRP;
-                let mut perm = i.perm & !libc::S_ISUID;
-                if perm & sgid_exec == sgid_exec {
-                    perm &= !libc::S_ISGID;
-                }
-                let had_caps = meta::remove_xattr(tx, ino, CAPS_XATTR)?;
-                if perm != i.perm || had_caps {
-                    i.perm = perm;
-                    changed = true;
-                    if let Some(a) = meta::get_xattr(tx, ino, acl::ACCESS)?
-                        && let Some(a) = acl::chmod(&a, i.perm)
-                    {
-                        meta::set_xattr(tx, ino, acl::ACCESS, &a)?;
-                    }
-                }
+                changed |= clear_privileges(tx, &mut i)?;
             }
             if let Some(mode) = set.mode {
                 i.perm = mode & 0o7777;
@@ -1555,19 +1541,8 @@ impl Drive {
         }
         self.settled_txn(ino, |tx, i| {
             let mut i = i.ok_or(FsError::NotFound)?;
-            let mut perm = i.perm & !libc::S_ISUID;
-            if perm & sgid_exec == sgid_exec {
-                perm &= !libc::S_ISGID;
-            }
-            let had_caps = meta::remove_xattr(tx, ino, CAPS_XATTR)?;
-            if perm != i.perm || had_caps {
-                i.perm = perm;
+            if clear_privileges(tx, &mut i)? {
                 i.ctime = Time::now();
-                if let Some(a) = meta::get_xattr(tx, ino, acl::ACCESS)?
-                    && let Some(a) = acl::chmod(&a, i.perm)
-                {
-                    meta::set_xattr(tx, ino, acl::ACCESS, &a)?;
-                }
                 meta::put_inode(tx, &i)?;
             }
             Ok(())
@@ -2081,6 +2056,29 @@ impl Drop for SpaceGuard<'_> {
     fn drop(&mut self) {
         self.writing.fetch_sub(self.incoming, Ordering::SeqCst);
     }
+}
+
+/// Clears set-user-ID, set-group-ID where group execution is on, and the
+/// `security.capability` xattr of `i` (keeping its access ACL in step with the mode), as a
+/// local filesystem does on an unprivileged write, truncate or chown. Returns whether
+/// anything changed; the caller stores `i` and its ctime.
+fn clear_privileges(tx: &Transaction<'_>, i: &mut Inode) -> FsResult<bool> {
+    let sgid_exec = libc::S_ISGID | libc::S_IXGRP;
+    let mut perm = i.perm & !libc::S_ISUID;
+    if perm & sgid_exec == sgid_exec {
+        perm &= !libc::S_ISGID;
+    }
+    let had_caps = meta::remove_xattr(tx, i.ino, CAPS_XATTR)?;
+    if perm == i.perm && !had_caps {
+        return Ok(false);
+    }
+    i.perm = perm;
+    if let Some(a) = meta::get_xattr(tx, i.ino, acl::ACCESS)?
+        && let Some(a) = acl::chmod(&a, i.perm)
+    {
+        meta::set_xattr(tx, i.ino, acl::ACCESS, &a)?;
+    }
+    Ok(true)
 }
 
 /// (available, total) bytes of the filesystem holding `path`.
