@@ -413,6 +413,15 @@ impl IntoResponse for NodeError {
         } else {
             tracing::debug!(reason, error = %message_with_causes(&self), "request rejected");
         }
-        (http, Json(self.to_status())).into_response()
+        let mut response = (http, Json(self.to_status())).into_response();
+        if http == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            // Refused before its body was read: the server drops the connection afterwards,
+            // and a client that put it back in its pool would fail its next request on it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
