@@ -340,6 +340,10 @@ pub fn open(path: &Path, root_owner: (u32, u32)) -> FsResult<Connection> {
         )));
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Checkpoints run in the background on a connection of their own
+    // (`durable::checkpoint_loop`, from about 4 MiB of WAL); this one checkpoints itself only
+    // as a backstop, should the log grow far past that.
+    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
     migrate(&mut conn)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if get_inode(&tx, ROOT)?.is_none() {
@@ -658,6 +662,21 @@ pub fn queued_uploads(conn: &Connection) -> FsResult<Vec<QueuedUpload>> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// `ino`'s entry in the upload queue, if it has one.
+pub fn queued_upload(conn: &Connection, ino: Ino) -> FsResult<Option<QueuedUpload>> {
+    Ok(conn
+        .prepare_cached("SELECT ino, data_gen, bytes, queued_ms FROM uploads WHERE ino = ?1")?
+        .query_row([ino], |r| {
+            Ok(QueuedUpload {
+                ino: r.get(0)?,
+                data_gen: r.get(1)?,
+                bytes: r.get(2)?,
+                queued_ms: r.get(3)?,
+            })
+        })
+        .optional()?)
 }
 
 pub fn remove_upload(conn: &Connection, ino: Ino) -> FsResult<()> {

@@ -404,6 +404,10 @@ impl Drive {
             tokio::spawn(async move { d.upload_loop().await });
             let d = drive.clone();
             tokio::spawn(async move { d.seal_loop().await });
+            tokio::spawn(durable::checkpoint_loop(
+                drive.inner.config.data_dir.join("meta.db"),
+                drive.inner.shutdown.subscribe(),
+            ));
         }
         Ok(drive)
     }
@@ -682,6 +686,24 @@ impl Drive {
         rdev: u32,
         target: Option<&[u8]>,
     ) -> FsResult<Inode> {
+        self.make_open(caller, parent, name, kind, perm, umask, rdev, target)
+            .map(|(i, _)| i)
+    }
+
+    /// [`Self::make`], also returning a new regular file's staging file, open for reading
+    /// and writing.
+    #[allow(clippy::too_many_arguments)]
+    fn make_open(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        kind: Kind,
+        perm: u32,
+        umask: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> FsResult<(Inode, Option<File>)> {
         self.writable()?;
         let name = check_name(name)?;
         self.txn(|tx| {
@@ -752,11 +774,20 @@ impl Drive {
                 uploaded_gen: 0,
             };
             let new = meta::insert_inode(tx, &new, target)?;
+            let mut staging = None;
             if new.staged {
                 // Before the commit: a staged inode must have its staging file. Should the
                 // commit fail, the file belongs to no inode and nothing reads it.
                 let path = self.staging_path(new.ino);
-                File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
+                staging = Some(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&path)
+                        .map_err(io_err(format!("create {}", path.display())))?,
+                );
             }
             meta::add_dentry(tx, parent, name, new.ino)?;
             if let Some(a) = access_acl {
@@ -771,7 +802,7 @@ impl Drive {
             p.mtime = now;
             p.ctime = now;
             meta::put_inode(tx, &p)?;
-            Ok(new)
+            Ok((new, staging))
         })
     }
 
@@ -831,12 +862,16 @@ impl Drive {
         umask: u32,
         flags: i32,
     ) -> FsResult<(Inode, u64)> {
-        let inode = self.make(caller, parent, name, Kind::File, mode, umask, 0, None)?;
+        let (inode, staging) =
+            self.make_open(caller, parent, name, Kind::File, mode, umask, 0, None)?;
         let fh = self.open_handle(inode.ino, flags);
         let live = self.pin(inode.ino);
         {
             let mut data = live.data.write().await;
             // Writes through this handle go straight to the staging file.
+            if data.file.is_none() {
+                data.file = staging.map(Arc::new);
+            }
             if self.staging_file(inode.ino, &mut data).is_ok() {
                 lock(&self.inner.pending).insert(
                     inode.ino,
@@ -1771,6 +1806,20 @@ impl Drive {
 
     /// Waits until no upload is pending (`walrusfs flush`, unmount with `--wait`).
     pub async fn wait_idle(&self) -> FsResult<()> {
+        // Written and not queued yet (open, or closed with its release still on the way):
+        // wanted now too.
+        let live: Vec<(Ino, Arc<Live>)> = lock(&self.inner.live)
+            .iter()
+            .filter_map(|(ino, e)| e.live.clone().map(|l| (*ino, l)))
+            .collect();
+        for (ino, l) in live {
+            if l.data.read().await.dirty
+                && let Err(e) = self.commit_writes(ino, &l).await
+            {
+                // Unlinked meanwhile, most likely: nothing to upload then.
+                debug!(ino, error = %e, "queueing written data failed");
+            }
+        }
         let mut rx = self.inner.progress.subscribe();
         loop {
             rx.borrow_and_update();

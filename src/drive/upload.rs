@@ -430,10 +430,8 @@ impl Drive {
                 meta::put_inode(tx, &i)?;
                 // The content is unchanged since it was taken (write generation), so is its size.
                 super::durable::record_uploaded(tx, p.ino, i.size)?;
-                let still_queued = meta::queued_uploads(tx)?
-                    .into_iter()
-                    .find(|q| q.ino == p.ino);
-                if still_queued.is_some_and(|q| q.data_gen <= p.data_gen) {
+                // By key: a batch commits thousands of files, each in its own transaction.
+                if meta::queued_upload(tx, p.ino)?.is_some_and(|q| q.data_gen <= p.data_gen) {
                     meta::remove_upload(tx, p.ino)?;
                 }
                 Ok(true)
