@@ -59,7 +59,7 @@ const SYNCFS_MIN: usize = 8;
 /// like may not pass it on, so files there are synced one by one.
 fn syncfs_reliable(dir: &Path) -> bool {
     const LOCAL: [i64; 6] = [
-        0xEF53,     // ext2/3/4
+        0xEF53,      // ext2/3/4
         0x5846_5342, // xfs
         0x9123_683E, // btrfs
         0xF2F5_2010, // f2fs

@@ -245,6 +245,10 @@ struct Inner {
     /// Files whose fsync waits: the uploader takes them even while open for writing.
     urgent: Mutex<HashSet<Ino>>,
     upload_wake: Notify,
+    /// Files whose last writer closed with writes not yet queued for upload: the closer
+    /// (`close_loop`) queues them in groups, one transaction each. Each holds a pin.
+    closing: Mutex<HashSet<Ino>>,
+    close_wake: Notify,
     /// Bumped after every upload commit or failure, so waiters re-check.
     progress: watch::Sender<u64>,
     /// Last upload failure per inode (generation, message), reported to fsync.
@@ -290,6 +294,9 @@ struct PendingAttr {
 
 /// Memory for verified extents kept hot.
 const HOT_EXTENT_BYTES: u64 = 64 << 20;
+
+/// How long the closer waits after a close for more closes to share its transaction.
+const CLOSE_GROUP: Duration = Duration::from_millis(10);
 
 /// The filesystem core. Cheap to clone; all clones are one drive.
 #[derive(Clone)]
@@ -371,6 +378,8 @@ impl Drive {
                 live: Mutex::new(HashMap::new()),
                 urgent: Mutex::new(HashSet::new()),
                 upload_wake: Notify::new(),
+                closing: Mutex::new(HashSet::new()),
+                close_wake: Notify::new(),
                 progress,
                 failures: Mutex::new(HashMap::new()),
                 shutdown,
@@ -404,6 +413,8 @@ impl Drive {
             tokio::spawn(async move { d.upload_loop().await });
             let d = drive.clone();
             tokio::spawn(async move { d.seal_loop().await });
+            let d = drive.clone();
+            tokio::spawn(async move { d.close_loop().await });
             tokio::spawn(durable::checkpoint_loop(
                 drive.inner.config.data_dir.join("meta.db"),
                 drive.inner.shutdown.subscribe(),
@@ -468,7 +479,10 @@ impl Drive {
             // synced; the staging file always has the file's length.
             let meta = fs::metadata(&staging).ok();
             let grown = meta.as_ref().is_some_and(|m| m.len() != i.size);
-            if let Some(m) = meta.filter(|_| grown) {
+            // Not queued: its last writes were never committed (a crash between close and
+            // the closer), so its staging file is the newer record of size and time.
+            let uncommitted = !queued.contains(&i.ino);
+            if let Some(m) = meta.filter(|_| grown || uncommitted) {
                 i.size = m.len();
                 if let Ok(t) = m.modified() {
                     i.mtime = i.mtime.max(Time::from_system(t));
@@ -1673,10 +1687,10 @@ impl Drive {
         self.inner.prefetch.forget(fh);
         let ino = h.ino;
         let live = self.pin(ino);
-        if h.write {
-            // A release without a flush (the kernel skips flush for some paths) must not
-            // leave writes unqueued.
-            let _ = self.commit_writes(ino, &live).await;
+        if h.write && live.data.read().await.dirty {
+            // Queued for upload by the closer, with other closes in one transaction (the
+            // kernel sends no flush, see `fuse`; close(2) does not wait for this).
+            self.defer_commit(ino);
         }
         let last = {
             let mut map = lock(&self.inner.live);
@@ -1725,6 +1739,135 @@ impl Drive {
             self.inner.upload_wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Hands `ino`'s unqueued writes to the closer.
+    fn defer_commit(&self, ino: Ino) {
+        self.pin(ino);
+        if !lock(&self.inner.closing).insert(ino) {
+            // Already waiting, with its pin.
+            self.unpin(ino);
+        }
+        self.inner.close_wake.notify_one();
+    }
+
+    /// The closer: queues the writes of closed files for upload, the closes of the last
+    /// [`CLOSE_GROUP`] in one transaction.
+    async fn close_loop(self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                () = self.inner.close_wake.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CLOSE_GROUP) => {}
+                _ = shutdown.changed() => {}
+            }
+            if let Err(e) = self.commit_closed().await {
+                warn!(error = %e, "queueing closed files for upload failed; will retry");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.inner.close_wake.notify_one();
+            }
+        }
+        if let Err(e) = self.commit_closed().await {
+            warn!(error = %e, "queueing closed files for upload at stop failed");
+        }
+    }
+
+    /// Queues the writes of every file handed to the closer so far.
+    pub(super) async fn commit_closed(&self) -> FsResult<()> {
+        let inos: Vec<Ino> = std::mem::take(&mut *lock(&self.inner.closing))
+            .into_iter()
+            .collect();
+        if inos.is_empty() {
+            return Ok(());
+        }
+        // Each keeps the pin `defer_commit` took until it is dealt with.
+        let lives: Vec<(Ino, Arc<Live>)> = inos.iter().map(|&i| (i, self.pin(i))).collect();
+        let mut busy = Vec::new();
+        let mut held = Vec::new();
+        for (ino, live) in &lives {
+            // A write or an upload holds it: next round (nothing here waits for a file
+            // while holding another's lock).
+            match live.data.try_write() {
+                Ok(g) if g.dirty => held.push((*ino, g)),
+                Ok(_) => {}
+                Err(_) => busy.push(*ino),
+            }
+        }
+        let attrs: Vec<Option<PendingAttr>> = {
+            let pending = lock(&self.inner.pending);
+            held.iter()
+                .map(|(ino, _)| pending.get(ino).copied())
+                .collect()
+        };
+        let result = self.txn(|tx| {
+            let mut done = Vec::with_capacity(held.len());
+            for ((ino, _), p) in held.iter().zip(&attrs) {
+                let Some(mut i) = meta::get_inode(tx, *ino)? else {
+                    done.push(false);
+                    continue;
+                };
+                if let Some(p) = p {
+                    i.size = p.size;
+                    i.mtime = p.mtime;
+                    i.ctime = i.ctime.max(p.ctime);
+                }
+                i.data_gen += 1;
+                meta::put_inode(tx, &i)?;
+                meta::queue_upload(tx, *ino, i.data_gen, i.size)?;
+                done.push(true);
+            }
+            Ok(done)
+        });
+        let ok = result.is_ok();
+        if let Ok(done) = &result {
+            let mut pending = lock(&self.inner.pending);
+            for (((ino, g), p), queued) in held.iter_mut().zip(&attrs).zip(done) {
+                g.dirty = false;
+                // A write that came in meanwhile left a newer entry: that one stays.
+                if !queued || (p.is_some() && pending.get(ino) == p.as_ref()) {
+                    pending.remove(ino);
+                }
+            }
+        } else {
+            busy.extend(held.iter().map(|(ino, _)| *ino));
+        }
+        let queued: Vec<Ino> = if ok {
+            held.iter().map(|(ino, _)| *ino).collect()
+        } else {
+            Vec::new()
+        };
+        drop(held);
+        for ino in &queued {
+            self.inner.durable.closed(*ino);
+        }
+        {
+            let mut closing = lock(&self.inner.closing);
+            for ino in &busy {
+                if !closing.insert(*ino) {
+                    // Handed over again meanwhile, with a pin of its own.
+                    self.unpin(*ino);
+                }
+            }
+        }
+        for (ino, _) in &lives {
+            self.unpin(*ino);
+            if !busy.contains(ino) {
+                self.unpin(*ino);
+            }
+        }
+        if !busy.is_empty() {
+            self.inner.close_wake.notify_one();
+        }
+        if !queued.is_empty() {
+            self.inner.upload_wake.notify_one();
+        }
+        result.map(|_| ())
     }
 
     /// Turns a staged file whose content is uploaded and that nobody has open back into a
@@ -2049,6 +2192,11 @@ impl Drive {
     /// Stops the uploader (after the blob in flight, if any) and waits up to `grace` for
     /// pending uploads to finish first. What is still pending stays queued for the next mount.
     pub async fn shutdown(&self, grace: Duration) {
+        if !self.inner.config.read_only
+            && let Err(e) = self.commit_closed().await
+        {
+            warn!(error = %e, "queueing closed files for upload at stop failed");
+        }
         if !self.inner.config.read_only && !grace.is_zero() {
             let _ = tokio::time::timeout(grace, self.wait_idle()).await;
         }

@@ -303,17 +303,17 @@ impl Drive {
                 return Ok(None);
             }
             if data.dirty {
-                // Written since the last close; only an fsync brings us here. Take the
-                // content as it is now.
-                let g = self.txn(|tx| {
-                    let mut i = meta::inode(tx, q.ino)?;
+                // Written since the last close was queued (an fsync, or a close the closer
+                // has not queued yet). Take the content as it is now, with the size and
+                // times the writes left in memory.
+                i = self.settled_txn(q.ino, |tx, i| {
+                    let mut i = i.ok_or(FsError::NotFound)?;
                     i.data_gen += 1;
                     meta::put_inode(tx, &i)?;
                     meta::queue_upload(tx, q.ino, i.data_gen, i.size)?;
-                    Ok(i.data_gen)
+                    Ok(i)
                 })?;
                 data.dirty = false;
-                i.data_gen = g;
             }
             if i.uploaded_gen >= i.data_gen {
                 self.txn(|tx| meta::remove_upload(tx, q.ino))?;
