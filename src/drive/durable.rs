@@ -258,6 +258,13 @@ fn record(conn: &Connection, ino: Ino) -> FsResult<Record> {
         .unwrap_or_default())
 }
 
+/// (sealed generation, sealed size, sealed hash) of `ino`, for tests.
+#[cfg(test)]
+pub(super) fn test_record(conn: &Connection, ino: Ino) -> FsResult<(u64, u64, Option<Vec<u8>>)> {
+    let r = record(conn, ino)?;
+    Ok((r.sealed_gen, r.sealed_size, r.sealed_hash))
+}
+
 /// Records the size of the content the uploader just recorded extents for (in the same
 /// transaction), so that a start after a power loss can go back to exactly that version.
 pub(super) fn record_uploaded(tx: &Transaction<'_>, ino: Ino, size: u64) -> FsResult<()> {

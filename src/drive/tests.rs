@@ -1326,3 +1326,84 @@ async fn sizes_and_times_of_writes_reach_the_database_at_close_and_before_setatt
     assert_eq!((in_db(&d).size, in_db(&d).mtime), (6, old));
     stop(d).await;
 }
+
+/// Closes as the kernel sends them now (release, no flush): the closer queues them in one
+/// transaction, the sealer syncs them (one syncfs for 8 or more on a local disk, one
+/// fdatasync each otherwise) and records the hash of exactly what each file holds.
+#[tokio::test]
+async fn closes_without_flush_are_queued_together_and_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    // Nothing uploads meanwhile: sealing is for files not uploaded yet.
+    c.pack_linger = Duration::from_secs(600);
+    c.pack_max_wait = Duration::from_secs(600);
+    c.max_pack = 64 << 20;
+    let s = store();
+    let d = start(c, &s).await;
+    for (group, count) in [("many", 12usize), ("few", 2)] {
+        let dir_ino = d
+            .mkdir(Caller::ROOT, ROOT, os(group), 0o755, 0)
+            .await
+            .unwrap()
+            .ino;
+        let mut files = Vec::new();
+        for k in 0..count {
+            let (ino, fh) = create(&d, dir_ino, &format!("f{k}")).await;
+            let bytes = pattern(1000 + k * 300, k as u64 + 7);
+            write_all(&d, fh, 0, &bytes).await;
+            d.release(fh).await.unwrap();
+            files.push((ino, bytes));
+        }
+        d.commit_closed().await.unwrap();
+        d.seal_pending().await.unwrap();
+        for (ino, bytes) in &files {
+            let i = d.read_db(|c| meta::inode(c, *ino)).unwrap();
+            assert_eq!(i.size, bytes.len() as u64, "{group}: size queued at close");
+            assert!(i.data_gen >= 1, "{group}: close bumped the generation");
+            let queued = d.read_db(|c| meta::queued_upload(c, *ino)).unwrap();
+            assert_eq!(
+                queued.map(|q| q.data_gen),
+                Some(i.data_gen),
+                "{group}: queued"
+            );
+            let rec = d.read_db(|c| durable::test_record(c, *ino)).unwrap();
+            assert_eq!(rec.0, i.data_gen, "{group}: sealed generation");
+            assert_eq!(rec.1, bytes.len() as u64, "{group}: sealed size");
+            assert_eq!(
+                rec.2.as_deref(),
+                Some(&blake3::hash(bytes).as_bytes()[..]),
+                "{group}: sealed hash"
+            );
+            assert_eq!(read_file(&d, *ino).await.unwrap(), *bytes);
+        }
+    }
+    stop(d).await;
+}
+
+/// A release the closer has not handled yet is queued by an unmount, and by `wait_idle`.
+#[tokio::test]
+async fn unqueued_closes_are_queued_at_stop_and_by_wait_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store();
+    let d = start(config(dir.path()), &s).await;
+    let (a, fh) = create(&d, ROOT, "a").await;
+    write_all(&d, fh, 0, &pattern(5000, 1)).await;
+    d.release(fh).await.unwrap();
+    d.wait_idle().await.unwrap();
+    let i = d.read_db(|c| meta::inode(c, a)).unwrap();
+    assert_eq!(
+        (i.size, i.uploaded_gen >= 1),
+        (5000, true),
+        "uploaded by wait_idle"
+    );
+    let (b, fh) = create(&d, ROOT, "b").await;
+    write_all(&d, fh, 0, &pattern(7000, 2)).await;
+    d.release(fh).await.unwrap();
+    stop(d).await;
+    let d = start(config(dir.path()), &s).await;
+    let i = d.read_db(|c| meta::inode(c, b)).unwrap();
+    assert_eq!(i.size, 7000);
+    assert_eq!(read_file(&d, b).await.unwrap(), pattern(7000, 2));
+    assert_eq!(read_file(&d, a).await.unwrap(), pattern(5000, 1));
+    stop(d).await;
+}
