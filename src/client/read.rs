@@ -583,12 +583,16 @@ impl Client {
         let mut whole = whole.unwrap_or_default();
         let skip = needed.first().map_or(0, |r| r.in_sliver.start);
         let len = (range.end - range.start) as usize;
-        if skip == 0 {
-            whole.truncate(len);
-            // The buffer's only owner: the vector is taken over, not copied.
-            Vec::from(whole)
-        } else {
-            whole[skip..skip + len].to_vec()
+        if skip != 0 {
+            // Moved to the front within the buffer, not copied into a new one: its pages are
+            // touched already, a new buffer's would each cost a page fault.
+            whole.copy_within(skip..skip + len, 0);
         }
+        whole.truncate(len);
+        // The buffer's only owner: the vector is taken over, not copied.
+        let mut out = Vec::from(whole);
+        // Parts of slivers beyond the range are not kept (glibc shrinks a block in place).
+        out.shrink_to_fit();
+        out
     }
 }
