@@ -194,6 +194,9 @@ fn hex(b: &[u8]) -> String {
 }
 
 pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
+    // A get receives each sliver through HTTP buffers that grow by reallocation; with freed
+    // memory kept, they reuse pages touched before instead of faulting in fresh ones.
+    crate::node::keep_freed_memory();
     let mut out = std::io::stdout().lock();
     match cmd {
         BlobCommand::Id {

@@ -116,6 +116,29 @@ async fn verify_off_thread<T: Send + 'static>(
     }
 }
 
+/// Asks the kernel to back the 2 MiB-aligned part of `buf` with transparent huge pages. The
+/// buffer a read receives slivers into is fresh memory, touched first when a sliver is copied
+/// in: with 4 KiB pages that was a page fault (and a page to zero, charge and later unmap) per
+/// 4 KiB, about a third of the client's CPU time for a 64 MiB blob. Only a hint: with THP
+/// disabled, or no huge page free, the kernel uses small pages as before.
+fn prefer_huge_pages(buf: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (buf.as_mut_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_mut_ptr() as usize + buf.len()) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside `buf` (borrowed mutably, so no one else uses it);
+            // MADV_HUGEPAGE changes how the kernel backs these pages, never their contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 fn no_node(pair: u16) -> NodeError {
     NodeError::Malformed {
         url: "<committee>".into(),
@@ -353,6 +376,7 @@ impl Client {
         let mut pieces: Vec<Option<BytesMut>> = Vec::with_capacity(wanted.len());
         {
             let mut rest = BytesMut::zeroed(wanted.len() * sliver_len);
+            prefer_huge_pages(&mut rest);
             for _ in 1..wanted.len() {
                 pieces.push(Some(rest.split_to(sliver_len)));
             }
@@ -559,12 +583,16 @@ impl Client {
         let mut whole = whole.unwrap_or_default();
         let skip = needed.first().map_or(0, |r| r.in_sliver.start);
         let len = (range.end - range.start) as usize;
-        if skip == 0 {
-            whole.truncate(len);
-            // The buffer's only owner: the vector is taken over, not copied.
-            Vec::from(whole)
-        } else {
-            whole[skip..skip + len].to_vec()
+        if skip != 0 {
+            // Moved to the front within the buffer, not copied into a new one: its pages are
+            // touched already, a new buffer's would each cost a page fault.
+            whole.copy_within(skip..skip + len, 0);
         }
+        whole.truncate(len);
+        // The buffer's only owner: the vector is taken over, not copied.
+        let mut out = Vec::from(whole);
+        // Parts of slivers beyond the range are not kept (glibc shrinks a block in place).
+        out.shrink_to_fit();
+        out
     }
 }

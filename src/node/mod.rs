@@ -40,6 +40,7 @@ pub use config::{
     read_key_file, write_key_file,
 };
 pub use error::{ApiStatusCode, ConfigError, NodeError, StoreError};
+pub(crate) use server::keep_freed_memory;
 pub use server::{
     BLOB_STATUS_ENDPOINT, DELETABLE_CONFIRMATION_ENDPOINT, HEALTH_ENDPOINT, METADATA_ENDPOINT,
     PERMANENT_CONFIRMATION_ENDPOINT, RunningNode, SLIVER_ENDPOINT, router, run,

@@ -577,11 +577,12 @@ pub async fn run(
     node.shutdown().await
 }
 
-/// Makes glibc's allocator of this (node) process keep freed memory for reuse: sliver bodies
-/// and verification buffers (MBs each, hundreds per blob) then land in memory touched before
+/// Makes glibc's allocator of this process keep freed memory for reuse: sliver bodies and
+/// verification buffers (MBs each, hundreds per blob) then land in memory touched before
 /// instead of fresh mappings, whose page faults and zeroing cost more than the copies into
-/// them (on a VM especially). Memory is still reused, only not returned to the system.
-fn keep_freed_memory() {
+/// them (on a VM especially). Memory is still reused, only not returned to the system. Also
+/// used by the `blob` commands (HTTP receive buffers that grow by reallocation).
+pub(crate) fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; glibc takes its own lock.
     unsafe {
