@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod devnet;
+pub mod direct_io;
 pub mod drive;
 pub mod encoding;
 pub mod fuse;

@@ -27,8 +27,8 @@
 //!
 //! All methods block on disk I/O; async callers run them on a blocking thread.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,96 +60,11 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_err(dir))
 }
 
-/// Files at least this large are written with `O_DIRECT`: straight from our buffer to the
-/// disk, without filling the page cache. Buffered, every byte of a sliver is copied into a
-/// newly allocated page-cache page (and kept there); that copy was the largest cost of a store
-/// on the nodes (~1 CPU-s per 300 MB on the 2-core VM, where a fresh page is expensive).
-const DIRECT_MIN: usize = 64 << 10;
-/// Alignment of `O_DIRECT` buffers, offsets and lengths (a page: enough for any block size).
-const DIRECT_ALIGN: usize = 4096;
-/// Size of the aligned staging buffer that `O_DIRECT` writes go through.
-const DIRECT_CHUNK: usize = 256 << 10;
-
-#[repr(C, align(4096))]
-struct AlignedChunk([u8; DIRECT_CHUNK]);
-
-thread_local! {
-    /// One staging buffer per (blocking) thread, reused: a fresh one would cost page faults.
-    static DIRECT_BUF: std::cell::RefCell<Option<Box<AlignedChunk>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn is_einval(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINVAL)
-}
-
 /// Creates `path` (which must not exist) with the concatenation of `parts`, and fsyncs it.
-/// Large files go through `O_DIRECT` if `direct` and the file system supports it, else the
-/// page cache.
+/// Large files go through `O_DIRECT` if `direct` and the file system supports it (see
+/// [`crate::direct_io`]), else the page cache.
 fn write_synced(path: &Path, parts: &[&[u8]], direct: bool) -> io::Result<()> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    if direct && len >= DIRECT_MIN {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(mut f) => match write_direct(&mut f, parts, len) {
-                Ok(()) => return f.sync_all(),
-                // Not supported after all: start over through the page cache.
-                Err(e) if is_einval(&e) => {
-                    drop(f);
-                    let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
-                    for p in parts {
-                        f.write_all(p)?;
-                    }
-                    return f.sync_all();
-                }
-                Err(e) => return Err(e),
-            },
-            Err(e) if is_einval(&e) => {} // e.g. tmpfs: no O_DIRECT
-            Err(e) => return Err(e),
-        }
-    }
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    for p in parts {
-        f.write_all(p)?;
-    }
-    f.sync_all()
-}
-
-/// Writes `parts` (`len` bytes in all) to an `O_DIRECT` file through an aligned buffer: whole
-/// aligned blocks, the last one padded with zeros, then the file is cut to `len`.
-fn write_direct(f: &mut File, parts: &[&[u8]], len: usize) -> io::Result<()> {
-    DIRECT_BUF.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let buf = &mut slot
-            .get_or_insert_with(|| Box::new(AlignedChunk([0; DIRECT_CHUNK])))
-            .0;
-        let mut filled = 0;
-        for part in parts {
-            let mut part: &[u8] = part;
-            while !part.is_empty() {
-                let take = (DIRECT_CHUNK - filled).min(part.len());
-                buf[filled..filled + take].copy_from_slice(&part[..take]);
-                filled += take;
-                part = &part[take..];
-                if filled == DIRECT_CHUNK {
-                    f.write_all(&buf[..])?;
-                    filled = 0;
-                }
-            }
-        }
-        if filled > 0 {
-            let padded = filled.next_multiple_of(DIRECT_ALIGN);
-            buf[filled..padded].fill(0);
-            f.write_all(&buf[..padded])?;
-        }
-        Ok::<(), io::Error>(())
-    })?;
-    f.set_len(len as u64)
+    crate::direct_io::write_new(path, parts, direct)?.sync_all()
 }
 
 fn create_dir_if_missing(dir: &Path) -> Result<(), StoreError> {
