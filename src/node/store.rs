@@ -20,7 +20,7 @@
 //! the directory is fsynced: at once for metadata, and for slivers once per confirmation
 //! ([`SliverStore::sync_blob`], called before the node signs), not once per sliver (a crash
 //! before it may lose recently renamed slivers, never leave a partial one). Slivers
-//! other than the systematic primary ones are written with `O_DIRECT` (see [`DIRECT_MIN`]). A blob's
+//! other than the systematic primary ones are written with `O_DIRECT` (see [`crate::direct_io::DIRECT_MIN`]). A blob's
 //! directory (and its fan-out directory) is created, and both parents fsynced, when its
 //! metadata is stored, which always precedes its slivers. A crash leaves at worst orphans in
 //! `tmp/`, removed at the next open.
