@@ -453,6 +453,24 @@ impl Drive {
                 .map(|i| meta::inode(&tx, i))
                 .collect::<FsResult<_>>()?
         };
+        // A staging file no staged inode owns: its inode's creating transaction never
+        // committed (the file is made just before the commit), or it was staged and the
+        // stop came before the database said so (its content is a copy of what the extents
+        // hold). Either way nothing reads it.
+        let owned: HashSet<Ino> = staged.iter().map(|i| i.ino).collect();
+        if let Ok(entries) = fs::read_dir(&self.inner.staging_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let orphan = name
+                    .to_str()
+                    .and_then(|n| n.parse::<Ino>().ok())
+                    .is_some_and(|ino| !owned.contains(&ino));
+                if orphan {
+                    debug!(file = ?name, "removing a staging file no inode owns");
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let mut requeued = 0;
         for mut i in staged {
             let staging = self.staging_path(i.ino);

@@ -1407,3 +1407,32 @@ async fn unqueued_closes_are_queued_at_stop_and_by_wait_idle() {
     assert_eq!(read_file(&d, a).await.unwrap(), pattern(5000, 1));
     stop(d).await;
 }
+
+/// A staging file no staged inode owns (its creating transaction never committed) is removed
+/// at the next start; staged files' own are kept.
+#[tokio::test]
+async fn orphan_staging_files_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store();
+    let mut c = config(dir.path());
+    c.pack_linger = Duration::from_secs(600);
+    c.pack_max_wait = Duration::from_secs(600);
+    let d = start(c.clone(), &s).await;
+    let (a, fh) = create(&d, ROOT, "a").await;
+    write_all(&d, fh, 0, b"kept").await;
+    d.release(fh).await.unwrap();
+    stop(d).await;
+    let staging = dir.path().join("staging");
+    fs::write(staging.join("987654"), b"orphan").unwrap();
+    let d = start(c, &s).await;
+    assert!(
+        !staging.join("987654").exists(),
+        "orphan staging file removed"
+    );
+    assert!(
+        staging.join(a.to_string()).exists(),
+        "a staged file keeps its own"
+    );
+    assert_eq!(read_file(&d, a).await.unwrap(), b"kept");
+    stop(d).await;
+}
