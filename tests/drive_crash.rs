@@ -164,3 +164,35 @@ fn closed_files_survive_sigkill_and_reach_the_network() {
          all intact after the remount, certified, and read back from the network"
     );
 }
+
+/// Pages written but not yet written back when the mount dies: close(2) must fail, never
+/// report success for bytes the drive never received. (The kernel drops a writeback it
+/// cannot send on a broken connection without an error; only a `FLUSH` that fails tells
+/// the closer. A mount that switched flushes off answered such closes with 0.)
+#[test]
+fn a_close_after_the_mount_died_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    let mut m = Mount::start(&data, &mnt, &[]);
+    // A first close on the mount, so that whatever it answers to flushes is settled.
+    fs::write(m.path("first"), b"first").unwrap();
+    let mut f = fs::File::create(m.path("second")).unwrap();
+    f.write_all(&content(2)).unwrap();
+    m.kill_process();
+    let fd = f.into_raw_fd();
+    // As the kernel's flusher thread does for its own reasons (dirty limits, age) at any
+    // time: write the pages and the inode back. Nothing can be sent any more; the pages are
+    // dropped as written and the inode's times as clean, and no error is kept for close.
+    // SAFETY: fd is open.
+    unsafe { libc::syncfs(fd) };
+    // SAFETY: we own fd and close it once.
+    let rc = unsafe { libc::close(fd) };
+    let err = std::io::Error::last_os_error();
+    m.kill();
+    assert_ne!(
+        rc, 0,
+        "close(2) of a file with unwritten pages returned 0 after the mount process died"
+    );
+    eprintln!("close after the mount died: {err}");
+}

@@ -1295,11 +1295,14 @@ fn statfs_reports_the_drive() {
 #[test]
 fn fsync_returns_once_the_upload_is_certified() {
     let (env, m) = setup();
-    // Another file stays pending the whole time: it is open for writing and its writes were
-    // handed over by a close of a duplicate descriptor, so the uploader leaves it queued.
-    let held = File::create(m.path("held")).unwrap();
-    held.write_all_at(&pattern(100_000, 1), 0).unwrap();
-    drop(held.try_clone().unwrap());
+    // Another file stays pending the whole time: written, closed (queued) and at once opened
+    // for writing again (well within the uploader's wait to fill a blob), so the uploader
+    // leaves it queued.
+    fs::write(m.path("held"), pattern(100_000, 1)).unwrap();
+    let held = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("held"))
+        .unwrap();
     let held_ino = ino(&m.path("held"));
     eventually("held file queued", || env.upload_pending(held_ino));
 

@@ -290,6 +290,30 @@ struct PendingAttr {
     size: u64,
     mtime: Time,
     ctime: Time,
+    /// `ctime` is the kernel's own (a setattr that named it): with the writeback cache the
+    /// kernel keeps a regular file's times and what it says last is what `stat` showed, so
+    /// it replaces the database's value instead of only advancing it (our clock, read in a
+    /// link or rename, runs a little ahead of the kernel's coarse one).
+    ctime_exact: bool,
+}
+
+impl PendingAttr {
+    fn apply(&self, i: &mut Inode) {
+        i.size = self.size;
+        i.mtime = self.mtime;
+        i.ctime = if self.ctime_exact {
+            self.ctime
+        } else {
+            i.ctime.max(self.ctime)
+        };
+    }
+
+    /// The database's `i` already says what this does.
+    fn applied(&self, i: &Inode) -> bool {
+        let mut j = i.clone();
+        self.apply(&mut j);
+        j.size == i.size && j.mtime == i.mtime && j.ctime == i.ctime
+    }
 }
 
 /// Memory for verified extents kept hot.
@@ -625,9 +649,7 @@ impl Drive {
     /// `i` with what writes changed and the database does not hold yet.
     fn overlay(&self, mut i: Inode) -> Inode {
         if let Some(p) = lock(&self.inner.pending).get(&i.ino) {
-            i.size = p.size;
-            i.mtime = p.mtime;
-            i.ctime = i.ctime.max(p.ctime);
+            p.apply(&mut i);
         }
         i
     }
@@ -641,7 +663,7 @@ impl Drive {
         // A file created and closed unwritten: the database already says the same.
         let same = self
             .read_db(|c| meta::get_inode(c, ino))?
-            .is_none_or(|i| i.size == p.size && i.mtime == p.mtime && i.ctime >= p.ctime);
+            .is_none_or(|i| p.applied(&i));
         if same {
             let mut pending = lock(&self.inner.pending);
             if pending.get(&ino) == Some(&p) {
@@ -663,9 +685,7 @@ impl Drive {
         let out = self.txn(|tx| {
             let mut i = meta::get_inode(tx, ino)?;
             if let (Some(i), Some(p)) = (i.as_mut(), p) {
-                i.size = p.size;
-                i.mtime = p.mtime;
-                i.ctime = i.ctime.max(p.ctime);
+                p.apply(i);
                 meta::put_inode(tx, i)?;
             }
             f(tx, i)
@@ -911,6 +931,7 @@ impl Drive {
                         size: 0,
                         mtime: inode.mtime,
                         ctime: inode.ctime,
+                        ctime_exact: false,
                     },
                 );
             }
@@ -1192,7 +1213,13 @@ impl Drive {
                 TimeSet::At(t) => t,
             };
         }
-        p.ctime = set.ctime.unwrap_or(now).max(p.ctime);
+        match set.ctime {
+            Some(c) => {
+                p.ctime = c;
+                p.ctime_exact = true;
+            }
+            None => p.ctime = now.max(p.ctime),
+        }
         drop(pending);
         Ok(Some(self.overlay(i)))
     }
@@ -1589,6 +1616,7 @@ impl Drive {
                     size,
                     mtime,
                     ctime: mtime,
+                    ctime_exact: false,
                 },
             );
             drop(pending);
@@ -1685,21 +1713,20 @@ impl Drive {
         Ok(g)
     }
 
-    /// `close(2)` of a descriptor: what was written is queued for upload (and, with
-    /// `sync_on_close`, certified before this returns).
+    /// `close(2)` of a descriptor. Its writes reached the staging file before the kernel sent
+    /// this (writeback happens first), so the reply is what tells close(2) they were
+    /// delivered. The upload is queued by the release that follows the last close (after a
+    /// crash in between, by the next start: `recover`), so no transaction here, unless
+    /// `sync_on_close` wants the content certified before close returns.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let (ino, write) = self.handle(fh)?;
-        if !write {
+        if !write || !self.inner.config.sync_on_close {
             return Ok(());
         }
         let live = self.pin(ino);
         let g = self.commit_writes(ino, &live).await;
         self.unpin(ino);
-        let g = g?;
-        if self.inner.config.sync_on_close {
-            self.wait_uploaded(ino, g).await?;
-        }
-        Ok(())
+        self.wait_uploaded(ino, g?).await
     }
 
     /// The last close of an open file description.
@@ -1836,9 +1863,7 @@ impl Drive {
                     continue;
                 };
                 if let Some(p) = p {
-                    i.size = p.size;
-                    i.mtime = p.mtime;
-                    i.ctime = i.ctime.max(p.ctime);
+                    p.apply(&mut i);
                 }
                 i.data_gen += 1;
                 meta::put_inode(tx, &i)?;
@@ -1868,6 +1893,24 @@ impl Drive {
         drop(held);
         for ino in &queued {
             self.inner.durable.closed(*ino);
+        }
+        // A setattr of times (the kernel's, after a link or rename of the file, say) that came
+        // in during the transaction left a newer pending entry, which no close will settle
+        // now: settle it here.
+        if ok {
+            let newer: Vec<Ino> = {
+                let pending = lock(&self.inner.pending);
+                queued
+                    .iter()
+                    .copied()
+                    .filter(|ino| pending.contains_key(ino))
+                    .collect()
+            };
+            for ino in newer {
+                if self.open_count(ino).0 == 0 {
+                    self.settle(ino)?;
+                }
+            }
         }
         {
             let mut closing = lock(&self.inner.closing);
@@ -2222,6 +2265,16 @@ impl Drive {
         }
         if !self.inner.config.read_only && !grace.is_zero() {
             let _ = tokio::time::timeout(grace, self.wait_idle()).await;
+        }
+        if !self.inner.config.read_only {
+            // Sizes and times that writes and setattrs left in memory (of files still open
+            // at the stop, or changed after their last settle): the database keeps them.
+            let inos: Vec<Ino> = lock(&self.inner.pending).keys().copied().collect();
+            for ino in inos {
+                if let Err(e) = self.settle(ino) {
+                    warn!(ino, error = %e, "recording a file's size and times at stop failed");
+                }
+            }
         }
         self.inner.shutdown.send_replace(true);
         self.inner.upload_wake.notify_waiters();

@@ -60,6 +60,8 @@ async fn write_file(d: &Drive, name: &str, bytes: &[u8]) -> Ino {
     d.write(fh, 0, bytes).await.expect("write");
     d.flush(fh).await.expect("flush");
     d.release(fh).await.expect("release");
+    // The closer's work, at once (it runs 10 ms after a release otherwise).
+    d.commit_closed().await.expect("commit closed");
     ino
 }
 

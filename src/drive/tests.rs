@@ -1327,6 +1327,48 @@ async fn sizes_and_times_of_writes_reach_the_database_at_close_and_before_setatt
     stop(d).await;
 }
 
+/// With the writeback cache the kernel keeps a regular file's ctime and sends it after a
+/// link (its clock is coarse and behind ours): what it sends last is what `stat` showed, so
+/// it is what the database keeps, whether it comes while the file's close is still to be
+/// queued or after.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kernels_ctime_after_a_link_is_kept_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store();
+    let d = start(config(tmp.path()), &store).await;
+    let in_db = |d: &Drive, ino| d.read_db(|c| meta::inode(c, ino)).unwrap();
+    for queued_first in [false, true] {
+        let name = if queued_first { "queued" } else { "pending" };
+        let (ino, fh) = create(&d, ROOT, name).await;
+        write_all(&d, fh, 0, b"data").await;
+        d.release(fh).await.unwrap();
+        if queued_first {
+            d.commit_closed().await.unwrap();
+        }
+        let linked = format!("{name}-link");
+        d.link(ino, ROOT, os(&linked)).await.unwrap();
+        let ours = in_db(&d, ino).ctime;
+        let kernels = Time {
+            sec: ours.sec - 1,
+            nsec: 7,
+        };
+        d.setattr(
+            ino,
+            SetAttr {
+                ctime: Some(kernels),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+        d.commit_closed().await.unwrap();
+        assert_eq!(d.getattr(ino).await.unwrap().ctime, kernels, "{name}");
+        assert_eq!(in_db(&d, ino).ctime, kernels, "{name}");
+        assert_eq!(in_db(&d, ino).size, 4, "{name}");
+    }
+    stop(d).await;
+}
+
 /// Closes as the kernel sends them now (release, no flush): the closer queues them in one
 /// transaction, the sealer syncs them (one syncfs for 8 or more on a local disk, one
 /// fdatasync each otherwise) and records the hash of exactly what each file holds.

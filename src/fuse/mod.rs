@@ -551,20 +551,13 @@ impl Filesystem for WalrusFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|d| async move {
-            let r = d.flush(fh.0).await;
-            if r.is_ok() && !d.config().sync_on_close {
-                // Once told ENOSYS the kernel sends no more flushes on this mount: close(2)
-                // then costs one round trip less (its dirty pages are still written back
-                // before it returns, and their errors still reach it). The release that
-                // follows every last close queues the upload instead, and after a crash in
-                // between, the next mount finds the file's length and time in its staging
-                // file (`Drive::recover`).
-                reply.error(Errno::ENOSYS);
-                return;
-            }
-            reply_empty(reply, "flush", r);
-        });
+        // Answered on every close, never `ENOSYS`: a flush that reaches us is the only proof
+        // close(2) gets that its writeback was delivered. The kernel drops a writeback it
+        // cannot send on an aborted connection (the mount process died) without an error,
+        // and with flushes off such a close returned 0 for bytes we never received. The
+        // answer costs one round trip; the upload is queued by the release (see
+        // `Drive::flush`).
+        self.spawn(|d| async move { reply_empty(reply, "flush", d.flush(fh.0).await) });
     }
 
     fn release(

@@ -191,6 +191,15 @@ impl Mount {
     }
 
     /// SIGKILLs the mount process (no clean shutdown at all) and clears the dead mount.
+    /// SIGKILL of the mount process only: the mount point stays, its connection aborted, as
+    /// after a crash (`kill` then unmounts it).
+    pub fn kill_process(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
