@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -62,12 +61,14 @@ fn status_json_during_upload_then_flush_empties_the_queue() {
     let tmp = tempfile::tempdir().unwrap();
     let m = Mount::start(&tmp.path().join("data"), &tmp.path().join("mnt"), &[]);
     let data = noise(48 << 20, 7);
-    // Closing a duplicate descriptor queues the file (FUSE flush) while it stays open for
-    // writing, so the uploader leaves it alone until someone asks for it: the upload is
-    // pending for sure when status looks.
-    let mut f = std::fs::File::create(m.path("big")).unwrap();
-    f.write_all(&data).unwrap();
-    drop(f.try_clone().unwrap());
+    // Written, closed (queued) and at once opened for writing again: the uploader leaves a
+    // file open for writing alone until someone asks for it, so the upload is pending for
+    // sure when status looks.
+    std::fs::write(m.path("big"), &data).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
     let s = status_json(&m.mnt);
