@@ -41,9 +41,10 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time limit of one health request.
 const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where embedded devnets put their nodes' ports when the parameters leave the choice to us
+/// Where devnets (embedded or of node processes) put their nodes' ports when the parameters
+/// leave the choice to us
 /// (`base_port = 0`): below Linux's ephemeral range (32768–60999 by default), from which the
-/// kernel picks the local ports of outgoing connections. A port in that range is free when the
+/// kernel picks the local ports of outgoing connections and of `bind(0)`. A port in that range is free when the
 /// devnet is created but may be held by some connection when the network is reopened later;
 /// since ports are fixed in the committee, that would keep the node from starting.
 const PORT_FLOOR: u16 = 10_000;
@@ -424,7 +425,7 @@ async fn wait_healthy(http: &reqwest::Client, node: &EmbeddedNode) -> Result<(),
 
 /// The first of `n` consecutive ports on 127.0.0.1 that are all free now, between
 /// [`PORT_FLOOR`] and the ephemeral range (or [`PORT_CEILING`], whichever is lower).
-fn pick_base_port(n: usize) -> Result<u16, DevnetError> {
+pub(super) fn pick_base_port(n: usize) -> Result<u16, DevnetError> {
     let ceiling = ephemeral_floor().unwrap_or(PORT_CEILING).min(PORT_CEILING);
     let n16 = u16::try_from(n)
         .ok()

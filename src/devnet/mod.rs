@@ -14,7 +14,7 @@ mod embedded;
 pub use embedded::{EmbeddedNetwork, EmbeddedNode, NodeHealth};
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -194,11 +194,6 @@ pub struct Devnet {
     exe: Option<PathBuf>,
 }
 
-fn free_port() -> Result<u16, DevnetError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io(Path::new("127.0.0.1:0")))?;
-    Ok(l.local_addr().map_err(io(Path::new("127.0.0.1:0")))?.port())
-}
-
 fn random_object_id() -> Result<ObjectId, DevnetError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| DevnetError::Invalid(format!("no randomness: {e}")))?;
@@ -269,6 +264,15 @@ impl Devnet {
         let ledger_path = dir.join("ledger.db");
         let mut members = Vec::new();
         let mut node_files = Vec::new();
+        // One block of consecutive ports below the ephemeral range, as the embedded devnet's:
+        // ports from `bind(0)` came from that range, where a concurrently created devnet (tests
+        // run in parallel) or an outgoing connection could get the same port before the node
+        // bound it, and the other devnet's node then answered for ours.
+        let base_port = if p.base_port == 0 {
+            embedded::pick_base_port(p.nodes)?
+        } else {
+            p.base_port
+        };
         for i in 0..p.nodes {
             let node_dir = dir.join("nodes").join(i.to_string());
             fs::create_dir_all(node_dir.join("data")).map_err(io(&node_dir))?;
@@ -277,11 +281,7 @@ impl Devnet {
             fs::write(&key_path, key.to_walrus_base64()).map_err(io(&key_path))?;
             fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
                 .map_err(io(&key_path))?;
-            let port = if p.base_port == 0 {
-                free_port()?
-            } else {
-                p.base_port + i as u16
-            };
+            let port = base_port + i as u16;
             let listen = SocketAddr::from(([127, 0, 0, 1], port));
             // Shards in contiguous blocks, sizes differing by at most one.
             let n = usize::from(p.shards);
