@@ -1907,8 +1907,12 @@ impl Drive {
                     .collect()
             };
             for ino in newer {
-                if self.open_count(ino).0 == 0 {
-                    self.settle(ino)?;
+                // Not `?`: the pins and the busy list below must be dealt with regardless (a
+                // failure leaves the entry in memory, for the next settle or the stop).
+                if self.open_count(ino).0 == 0
+                    && let Err(e) = self.settle(ino)
+                {
+                    warn!(ino, error = %e, "recording a closed file's times failed");
                 }
             }
         }
