@@ -180,9 +180,10 @@ fn map_client_error(e: ClientError, blob_id: Option<BlobId>) -> BlobStoreError {
             Kind::Gone => not_found(e),
             Kind::Final => BlobStoreError::Failed(e.to_string()),
         },
-        ClientError::Encoding(_) | ClientError::Protocol(_) | ClientError::Task(_) => {
-            BlobStoreError::Failed(e.to_string())
-        }
+        ClientError::Encoding(_)
+        | ClientError::Protocol(_)
+        | ClientError::Task(_)
+        | ClientError::Output(_) => BlobStoreError::Failed(e.to_string()),
     }
 }
 

@@ -339,21 +339,41 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
             let spinner = super::progress::spinner(format!(
                 "reading blob {blob_id}: fetching and verifying slivers"
             ));
-            let read = runtime()?.block_on(client.read(blob_id, range.map(|(a, b)| a..b + 1)));
-            spinner.finish_and_clear();
-            let (data, stats) = read?;
+            let range = range.map(|(a, b)| a..b + 1);
+            let rt = runtime()?;
+            // Streamed: written as the slivers verify, never the whole blob in memory.
             if output.as_os_str() == "-" {
-                out.write_all(&data)?;
+                let mut written = 0u64;
+                let read = rt.block_on(client.read_streaming(blob_id, range, &mut |piece| {
+                    written += piece.len() as u64;
+                    out.write_all(piece)
+                }));
+                spinner.finish_and_clear();
+                read?;
+                out.flush()?;
             } else {
                 let tmp = output.with_extension("walrusfs-partial");
-                fs::write(&tmp, &data)
+                let mut file = fs::File::create(&tmp)
                     .with_context(|| format!("cannot write {}", tmp.display()))?;
+                let mut written = 0u64;
+                let read = rt.block_on(client.read_streaming(blob_id, range, &mut |piece| {
+                    written += piece.len() as u64;
+                    file.write_all(piece)
+                }));
+                spinner.finish_and_clear();
+                let stats = match read {
+                    Ok(stats) => stats,
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e.into());
+                    }
+                };
+                drop(file);
                 fs::rename(&tmp, &output)
                     .with_context(|| format!("cannot write {}", output.display()))?;
                 writeln!(
                     out,
-                    "read {} bytes of blob {blob_id} into {} ({} slivers verified{})",
-                    data.len(),
+                    "read {written} bytes of blob {blob_id} into {} ({} slivers verified{})",
                     output.display(),
                     stats.slivers_verified,
                     if stats.decoded {

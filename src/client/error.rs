@@ -97,6 +97,9 @@ pub enum ClientError {
     },
     #[error("internal task failed: {0}")]
     Task(String),
+    /// Writing what was read failed (a full disk, a closed pipe).
+    #[error("cannot write the bytes read: {0}")]
+    Output(std::io::Error),
 }
 
 impl From<tokio::task::JoinError> for ClientError {

@@ -13,6 +13,7 @@ mod error;
 pub mod node_api;
 mod read;
 mod store;
+mod stream;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use error::{ClientError, NodeError};
 pub use node_api::NodeApi;
 pub use read::ReadStats;
 pub use store::{StoreOptions, StoreOutcome};
+pub use stream::Sink;
 
 use crate::encoding::{BlobId, EncodingConfig};
 use crate::ledger::{BlobObject, BlobStatus, Ledger};

@@ -33,7 +33,7 @@ pub struct ReadStats {
 /// How fast a blob is decoded from primary slivers, roughly (`examples/bench_encoding --ops
 /// decode`: about 100 MB/s on one core at n = 1000, whether one row is missing or most are),
 /// to weigh hedging against waiting.
-const DECODE_BYTES_PER_SEC: f64 = 1e8;
+pub(super) const DECODE_BYTES_PER_SEC: f64 = 1e8;
 
 /// A blob's primary sliver.
 type SliverKey = (BlobId, u16);
@@ -94,7 +94,7 @@ fn metadata_fetch(api: NodeApi, blob_id: BlobId) -> MetadataFetch {
 /// Runs a sliver verification on rayon's pool: one thread per core, so verifications never
 /// outnumber the cores (more would only evict each other's few MB of working set from the
 /// caches), and the same few threads reuse their verification buffers from sliver to sliver.
-async fn verify_off_thread<T: Send + 'static>(
+pub(super) async fn verify_off_thread<T: Send + 'static>(
     url: &str,
     verify: impl FnOnce() -> Result<T, EncodingError> + Send + 'static,
 ) -> Result<T, NodeError> {
@@ -121,7 +121,7 @@ async fn verify_off_thread<T: Send + 'static>(
 /// in: with 4 KiB pages that was a page fault (and a page to zero, charge and later unmap) per
 /// 4 KiB, about a third of the client's CPU time for a 64 MiB blob. Only a hint: with THP
 /// disabled, or no huge page free, the kernel uses small pages as before.
-fn prefer_huge_pages(buf: &mut [u8]) {
+pub(super) fn prefer_huge_pages(buf: &mut [u8]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
@@ -139,7 +139,7 @@ fn prefer_huge_pages(buf: &mut [u8]) {
     let _ = buf;
 }
 
-fn no_node(pair: u16) -> NodeError {
+pub(super) fn no_node(pair: u16) -> NodeError {
     NodeError::Malformed {
         url: "<committee>".into(),
         reason: format!("no node holds the shard of sliver pair {pair}"),
@@ -147,7 +147,12 @@ fn no_node(pair: u16) -> NodeError {
 }
 
 impl Client {
-    fn sliver_node(&self, committee: &Committee, pair: u16, blob_id: &BlobId) -> Option<NodeApi> {
+    pub(super) fn sliver_node(
+        &self,
+        committee: &Committee,
+        pair: u16,
+        blob_id: &BlobId,
+    ) -> Option<NodeApi> {
         let shard = pair_to_shard(pair, committee.n_shards(), blob_id);
         committee
             .shard_owner(shard)
@@ -261,7 +266,7 @@ impl Client {
 
     /// Metadata from the first node that returns metadata matching the blob ID; asks one node
     /// at a time, moving on when one fails or is slower than the hedging delay.
-    async fn fetch_metadata(
+    pub(super) async fn fetch_metadata(
         &self,
         committee: &Committee,
         config: &EncodingConfig,
@@ -307,6 +312,40 @@ impl Client {
         }
     }
 
+    /// The unencoded length of a blob that can be read: certified and not expired, as the
+    /// ledger says.
+    pub(super) async fn readable_len(&self, blob_id: BlobId) -> Result<u64, ClientError> {
+        let (status, objects, epoch) = self.status(blob_id).await?;
+        match status {
+            BlobStatus::Nonexistent => return Err(ClientError::BlobNotFound { blob_id }),
+            s if !s.is_certified() => return Err(ClientError::BlobNotCertified { blob_id }),
+            _ => {}
+        }
+        let certified = || objects.iter().filter(|o| o.is_certified());
+        if let Some(end) = certified().map(|o| o.end_epoch()).max()
+            && end <= epoch
+        {
+            return Err(ClientError::BlobExpired {
+                blob_id,
+                end_epoch: end,
+                current: epoch,
+            });
+        }
+        // Every object of one blob ID has the same size: the ID commits to it.
+        certified()
+            .map(|o| o.size)
+            .next()
+            .ok_or(ClientError::BlobNotCertified { blob_id })
+    }
+
+    pub(super) fn cached_metadata(&self, blob_id: &BlobId) -> Option<Arc<BlobMetadataWithId>> {
+        lock(&self.cache.metadata).get(blob_id).cloned()
+    }
+
+    pub(super) fn remember_metadata(&self, blob_id: BlobId, m: Arc<BlobMetadataWithId>) {
+        lock(&self.cache.metadata).put(blob_id, m);
+    }
+
     /// Reads `range` (the whole blob if `None`) of a certified blob, verified.
     pub async fn read(
         &self,
@@ -326,34 +365,15 @@ impl Client {
         // The codec's tables take a few ms to build, once per process: built on another core
         // while the ledger and the metadata are read, not when the first sliver is verified.
         rayon::spawn(crate::encoding::prepare_codec);
-        let (status, objects, epoch) = self.status(blob_id).await?;
-        match status {
-            BlobStatus::Nonexistent => return Err(ClientError::BlobNotFound { blob_id }),
-            s if !s.is_certified() => return Err(ClientError::BlobNotCertified { blob_id }),
-            _ => {}
-        }
-        if let Some(end) = objects
-            .iter()
-            .filter(|o| o.is_certified())
-            .map(|o| o.end_epoch())
-            .max()
-            && end <= epoch
-        {
-            return Err(ClientError::BlobExpired {
-                blob_id,
-                end_epoch: end,
-                current: epoch,
-            });
-        }
+        self.readable_len(blob_id).await?;
         let committee = self.committee().await?;
         let config = EncodingConfig::new(committee.n_shards())?;
         debug!(elapsed = ?t0.elapsed(), "ledger: certified, committee read");
-        let cached = lock(&self.cache.metadata).get(&blob_id).cloned();
-        let metadata = match cached {
+        let metadata = match self.cached_metadata(&blob_id) {
             Some(m) => m,
             None => {
                 let m = Arc::new(self.fetch_metadata(&committee, &config, blob_id).await?);
-                lock(&self.cache.metadata).put(blob_id, m.clone());
+                self.remember_metadata(blob_id, m.clone());
                 m
             }
         };

@@ -63,9 +63,10 @@ impl std::fmt::Debug for StoreOutcome {
 /// Sliver uploads in flight per node: bodies up to about this many bytes (each body is made
 /// when its upload starts; all at once, they were a second copy of the encoded blob, in fresh
 /// memory)...
-const UPLOAD_BYTES_PER_NODE: usize = 16 << 20;
-/// ...but at least this many (enough to keep every node's verification busy)...
-const MIN_UPLOADS_PER_NODE: usize = 8;
+const UPLOAD_BYTES_PER_NODE: usize = 8 << 20;
+/// ...but at least this many (enough to keep a node's two verifying cores busy while the next
+/// body arrives)...
+const MIN_UPLOADS_PER_NODE: usize = 4;
 /// ...and at most this many.
 const MAX_UPLOADS_PER_NODE: usize = 32;
 

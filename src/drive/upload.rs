@@ -334,6 +334,16 @@ impl Drive {
                 }
                 let len = (end - off).min(extent_size).min(room);
                 let n = usize::try_from(len).map_err(|_| FsError::TooBig)?;
+                if packer.buf.capacity() == 0 {
+                    // Room for a full blob and the encoder's padding (under 1/64 of it), so
+                    // that neither filling nor padding reallocates: growing by doubling
+                    // held the old and the new copy of the blob at once, up to twice its
+                    // size, at the mount's peak of memory. Untouched capacity costs no
+                    // memory.
+                    let cap = usize::try_from(packer.max + (packer.max >> 6) + (64 << 10))
+                        .map_err(|_| FsError::TooBig)?;
+                    packer.buf.reserve_exact(cap);
+                }
                 let at = packer.buf.len();
                 packer.buf.resize(at + n, 0);
                 read_full(&file, &mut packer.buf[at..], off)
