@@ -550,6 +550,10 @@ impl BlobStore for EncryptedStore {
     async fn current_epoch(&self) -> Result<u64, BlobStoreError> {
         self.inner.current_epoch().await
     }
+
+    async fn settle_before_large_put(&self) {
+        self.inner.settle_before_large_put().await
+    }
 }
 
 #[cfg(test)]

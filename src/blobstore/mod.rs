@@ -128,4 +128,10 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// The network's current epoch.
     async fn current_epoch(&self) -> Result<u64, BlobStoreError>;
+
+    /// Before the caller gathers the data of a large blob: waits, for a bounded time, for
+    /// work earlier puts left running in the background that holds much memory (uploads of
+    /// an encoded blob to slow nodes), and cuts it short once the bound has passed. So that
+    /// a mount holds one large blob at a time. Default: nothing to wait for.
+    async fn settle_before_large_put(&self) {}
 }

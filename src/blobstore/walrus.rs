@@ -31,6 +31,10 @@ use crate::ledger::{BlobObject, LedgerError};
 /// for good (our nodes do not recover slivers from each other).
 pub const DEFAULT_STRAGGLER_GRACE: Duration = Duration::from_secs(120);
 
+/// Blobs under this size are encoded without waiting for earlier uploads: their encoding is
+/// small next to a large one's.
+const SMALL_BLOB: u64 = 8 << 20;
+
 /// The blob store over a Walrus network; see the module documentation.
 pub struct WalrusStore {
     client: Client,
@@ -39,6 +43,10 @@ pub struct WalrusStore {
     straggler_grace: Duration,
     /// Tasks that finish the uploads of earlier puts.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// The uploads those tasks wait for, to cut them short.
+    straggler_aborts: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// How long the last put took.
+    last_put: Mutex<Option<Duration>>,
 }
 
 impl std::fmt::Debug for WalrusStore {
@@ -57,6 +65,8 @@ impl WalrusStore {
             encoding: OnceCell::new(),
             straggler_grace: DEFAULT_STRAGGLER_GRACE,
             background: Mutex::new(Vec::new()),
+            straggler_aborts: Mutex::new(Vec::new()),
+            last_put: Mutex::new(None),
         }
     }
 
@@ -93,6 +103,41 @@ impl WalrusStore {
         all
     }
 
+    /// Before a blob of `size` bytes is gathered or encoded, lets the uploads an earlier put
+    /// left to slow nodes finish, for at most as long as that put took (and at least half a
+    /// second), and cuts short those still running then. An encoded blob is 3.5 times its
+    /// size, and those uploads hold it: a mount gathered and encoded its next 64 MiB blob
+    /// while the last one's stragglers still held theirs, which took its peak memory past
+    /// 512 MiB. A node cut short lacks that blob's slivers, as if it had been down (the
+    /// certificate has a quorum without it).
+    async fn one_encoded_blob_at_a_time(&self, size: u64) {
+        if size < SMALL_BLOB {
+            return;
+        }
+        let last = *self.last_put.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = last.unwrap_or_default().max(Duration::from_millis(500));
+        if self.finish_background_uploads(limit).await {
+            return;
+        }
+        let aborts = std::mem::take(
+            &mut *self
+                .straggler_aborts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let cut = aborts.iter().filter(|a| !a.is_finished()).count();
+        for a in aborts {
+            a.abort();
+        }
+        if cut > 0 {
+            warn!(
+                nodes = cut,
+                waited = ?limit,
+                "uploads of an earlier blob to slow nodes cut short, to keep one encoded blob in memory"
+            );
+        }
+    }
+
     fn lock_background(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
         // A list of handles cannot be left half-changed by a panic.
         self.background
@@ -111,6 +156,14 @@ impl WalrusStore {
     /// Lets the uploads of `stragglers` finish within the grace period, in the background.
     fn finish_in_background(&self, blob_id: BlobId, stragglers: Vec<JoinHandle<()>>) {
         let aborts: Vec<_> = stragglers.iter().map(JoinHandle::abort_handle).collect();
+        {
+            let mut all = self
+                .straggler_aborts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            all.retain(|a| !a.is_finished());
+            all.extend(aborts.iter().cloned());
+        }
         let grace = self.straggler_grace;
         let task = tokio::spawn(async move {
             let n = stragglers.len();
@@ -240,6 +293,8 @@ impl BlobStore for WalrusStore {
                 "a blob must be stored for at least 1 epoch".into(),
             ));
         }
+        self.one_encoded_blob_at_a_time(size).await;
+        let started = std::time::Instant::now();
         let mut outcome = self
             .client
             .store(
@@ -251,6 +306,7 @@ impl BlobStore for WalrusStore {
             )
             .await
             .map_err(|e| map_client_error(e, None))?;
+        *self.last_put.lock().unwrap_or_else(PoisonError::into_inner) = Some(started.elapsed());
         let stragglers = std::mem::take(&mut outcome.stragglers);
         if !stragglers.is_empty() {
             self.finish_in_background(outcome.blob_id, stragglers);
@@ -320,6 +376,10 @@ impl BlobStore for WalrusStore {
             .map_err(|e| BlobStoreError::Failed(format!("ledger task failed: {e}")))?
             .map(u64::from)
             .map_err(|e| map_client_error(ClientError::Ledger(e), None))
+    }
+
+    async fn settle_before_large_put(&self) {
+        self.one_encoded_blob_at_a_time(u64::MAX).await
     }
 }
 
@@ -528,6 +588,28 @@ mod tests {
                 .await
         );
         assert!(started.elapsed() < Duration::from_millis(1400));
+
+        // Before a large blob is gathered, the store waits for the last put's stragglers at
+        // most about as long as that put took, then cuts them short: one encoded blob in
+        // memory at a time.
+        let store = WalrusStore::new(net.client().clone());
+        let started = std::time::Instant::now();
+        store.put(data(60_000, 6), options).await.unwrap();
+        let put_took = started.elapsed();
+        assert_eq!(store.background_uploads(), 1, "put took {put_took:?}");
+        let started = std::time::Instant::now();
+        store.settle_before_large_put().await;
+        let waited = started.elapsed();
+        assert!(
+            waited < put_took.max(Duration::from_millis(500)) + Duration::from_secs(1),
+            "waited {waited:?} after a put of {put_took:?}"
+        );
+        assert!(
+            store
+                .finish_background_uploads(Duration::from_secs(1))
+                .await,
+            "the slow node's uploads were neither finished nor cut short"
+        );
         net.shutdown().await.unwrap();
     }
 

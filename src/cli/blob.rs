@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use crate::client::{Client, ClientConfig, StoreOptions};
+use crate::client::{Client, ClientConfig, ClientError, StoreOptions};
 use crate::devnet::NetworkFile;
 use crate::encoding::{BlobId, EncodingConfig, files};
 
@@ -343,13 +343,25 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
             let rt = runtime()?;
             // Streamed: written as the slivers verify, never the whole blob in memory.
             if output.as_os_str() == "-" {
-                let mut written = 0u64;
-                let read = rt.block_on(client.read_streaming(blob_id, range, &mut |piece| {
-                    written += piece.len() as u64;
-                    out.write_all(piece)
-                }));
+                // Written through its own descriptor, not the locked `Stdout`: that is a line
+                // writer, which scans every piece for a newline first.
+                out.flush()?;
+                let mut raw = fs::File::from(
+                    std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?,
+                );
+                let read = rt.block_on(
+                    client.read_streaming(blob_id, range, &mut |piece| raw.write_all(piece)),
+                );
                 spinner.finish_and_clear();
-                read?;
+                match read {
+                    // The reader went away (`| head`): done, as for any Unix filter.
+                    Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return Ok(());
+                    }
+                    r => {
+                        r?;
+                    }
+                }
                 out.flush()?;
             } else {
                 let tmp = output.with_extension("walrusfs-partial");

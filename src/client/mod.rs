@@ -45,6 +45,12 @@ pub struct ClientConfig {
     /// arrive one after another (so verification overlaps the transfer) instead of all at
     /// the end.
     pub read_pipeline: usize,
+    /// Sliver bodies in flight per node during a store, in bytes (each body is made when
+    /// its upload starts)...
+    pub upload_bytes_per_node: usize,
+    /// ...but at least this many uploads per node (enough to keep a node's verification
+    /// busy while the next body arrives).
+    pub min_uploads_per_node: usize,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +61,8 @@ impl Default for ClientConfig {
             hedge_floor: Duration::from_millis(500),
             read_concurrency: 64,
             read_pipeline: 8,
+            upload_bytes_per_node: 8 << 20,
+            min_uploads_per_node: 4,
         }
     }
 }

@@ -45,20 +45,53 @@ type SliverKey = (BlobId, u16);
 pub(super) struct ReadCache {
     metadata: std::sync::Mutex<lru::LruCache<BlobId, Arc<BlobMetadataWithId>>>,
     /// Symbols of verified primary slivers.
-    slivers: std::sync::Mutex<lru::LruCache<SliverKey, Arc<[u8]>>>,
+    slivers: std::sync::Mutex<SliverCache>,
 }
 
 /// Verified metadata kept: at most 4096 × 64 bytes each (n = 4096).
 const METADATA_CACHE_ENTRIES: usize = 64;
-/// Verified primary slivers kept: a few MB each at the devnet's 100 shards.
-const SLIVER_CACHE_ENTRIES: usize = 16;
+/// Verified primary slivers kept, in bytes: 8 slivers at the devnet's 100 shards. Bounded by
+/// bytes, not entries: a sliver of a large blob is up to 41 MB at 1000 shards.
+const SLIVER_CACHE_BYTES: usize = 16 << 20;
+
+/// The last verified primary slivers, least recently used first out, under
+/// [`SLIVER_CACHE_BYTES`].
+pub(super) struct SliverCache {
+    lru: lru::LruCache<SliverKey, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl SliverCache {
+    fn get(&mut self, key: &SliverKey) -> Option<&Arc<[u8]>> {
+        self.lru.get(key)
+    }
+
+    fn put(&mut self, key: SliverKey, sliver: Arc<[u8]>) {
+        if sliver.len() > SLIVER_CACHE_BYTES {
+            return;
+        }
+        self.bytes += sliver.len();
+        if let Some(old) = self.lru.put(key, sliver) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > SLIVER_CACHE_BYTES {
+            let Some((_, old)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.bytes -= old.len();
+        }
+    }
+}
 
 impl Default for ReadCache {
     fn default() -> Self {
         let n = |v: usize| std::num::NonZeroUsize::new(v).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
             metadata: std::sync::Mutex::new(lru::LruCache::new(n(METADATA_CACHE_ENTRIES))),
-            slivers: std::sync::Mutex::new(lru::LruCache::new(n(SLIVER_CACHE_ENTRIES))),
+            slivers: std::sync::Mutex::new(SliverCache {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
         }
     }
 }

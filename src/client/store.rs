@@ -60,14 +60,7 @@ impl std::fmt::Debug for StoreOutcome {
     }
 }
 
-/// Sliver uploads in flight per node: bodies up to about this many bytes (each body is made
-/// when its upload starts; all at once, they were a second copy of the encoded blob, in fresh
-/// memory)...
-const UPLOAD_BYTES_PER_NODE: usize = 8 << 20;
-/// ...but at least this many (enough to keep a node's two verifying cores busy while the next
-/// body arrives)...
-const MIN_UPLOADS_PER_NODE: usize = 4;
-/// ...and at most this many.
+/// Sliver uploads in flight per node: at most this many (see `ClientConfig` for the rest).
 const MAX_UPLOADS_PER_NODE: usize = 32;
 
 /// Uploads the metadata and this node's sliver pairs, then asks for its confirmation.
@@ -76,6 +69,7 @@ async fn upload_to_node(
     encoded: Arc<EncodedBlob>,
     shards: Vec<u16>,
     object_id: Option<ObjectId>,
+    (bytes_in_flight, min_in_flight): (usize, usize),
 ) -> Result<SignedMessage, NodeError> {
     let blob_id = encoded.metadata.blob_id;
     let n = encoded.n_pairs() as u16;
@@ -88,7 +82,7 @@ async fn upload_to_node(
     // ones: enough to keep the node verifying while bounding the bodies in memory.
     let sliver_len = encoded.primary_bcs_len().max(1);
     let in_flight =
-        (UPLOAD_BYTES_PER_NODE / sliver_len).clamp(MIN_UPLOADS_PER_NODE, MAX_UPLOADS_PER_NODE);
+        (bytes_in_flight / sliver_len).clamp(min_in_flight.max(1), MAX_UPLOADS_PER_NODE);
     let mut todo = pairs
         .iter()
         .flat_map(|&pair| [(pair, SliverType::Primary), (pair, SliverType::Secondary)])
@@ -225,9 +219,13 @@ impl Client {
             };
             let (encoded, tx, shards) = (encoded.clone(), tx.clone(), member.shard_ids.clone());
             let name = member.name.clone();
+            let in_flight = (
+                self.config.upload_bytes_per_node,
+                self.config.min_uploads_per_node,
+            );
             handles.push(tokio::spawn(
                 async move {
-                    let r = upload_to_node(api, encoded, shards, object_id).await;
+                    let r = upload_to_node(api, encoded, shards, object_id, in_flight).await;
                     let _ = tx.send((index as u16, name, r)).await;
                 }
                 .instrument(info_span!("upload", node = index)),

@@ -249,8 +249,18 @@ impl EmbeddedNetwork {
             .await
             .map_err(|e| DevnetError::Invalid(format!("opening the ledger panicked: {e}")))??;
         let ledger: Arc<dyn Ledger> = Arc::new(ledger);
-        let client = Client::new(ledger.clone(), ClientConfig::default())
-            .map_err(|e| DevnetError::Client(Box::new(e)))?;
+        // The nodes live in this process: every sliver body in flight is held twice, by the
+        // client and by the node parsing it, in the one process whose memory is budgeted.
+        // Half the separate-process default: 342 against 426 MiB of peak while a mount
+        // uploads small files (at that default, node processes took 0.85 s instead of
+        // 0.72 s per 64 MiB blob).
+        let config = ClientConfig {
+            upload_bytes_per_node: 4 << 20,
+            min_uploads_per_node: 2,
+            ..ClientConfig::default()
+        };
+        let client =
+            Client::new(ledger.clone(), config).map_err(|e| DevnetError::Client(Box::new(e)))?;
 
         let mut nodes: Vec<Running> = Vec::with_capacity(node_dirs.len());
         for n in node_dirs {

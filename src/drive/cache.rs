@@ -48,7 +48,7 @@ pub const DEFAULT_CACHE_MAX: u64 = 8 << 30;
 /// Default memory for prefetches in flight, all readers together.
 pub const DEFAULT_PREFETCH_BUDGET: u64 = 256 << 20;
 
-/// Largest prefetch window, in extents. Kept below the hot LRU's capacity (64 MiB: 16
+/// Largest prefetch window, in extents. Kept below the hot LRU's capacity (48 MiB: 12
 /// extents of 4 MiB) so that what one reader prefetches is still in memory when it gets there.
 pub const MAX_WINDOW: u32 = 8;
 

@@ -316,8 +316,10 @@ impl PendingAttr {
     }
 }
 
-/// Memory for verified extents kept hot.
-const HOT_EXTENT_BYTES: u64 = 64 << 20;
+/// Memory for verified extents kept hot: above the largest prefetch window (8 extents of
+/// 4 MiB), and small enough to leave an upload's encoded blob (3.5 times its 64 MiB) room
+/// in the mount's 512 MiB.
+const HOT_EXTENT_BYTES: u64 = 48 << 20;
 
 /// How long the closer waits after a close for more closes to share its transaction.
 const CLOSE_GROUP: Duration = Duration::from_millis(10);

@@ -58,8 +58,13 @@ enum Round {
 /// Blob IDs are not known until a blob is stored; extents point at this until then.
 const UNSET: BlobId = BlobId([0; 32]);
 
+/// Batches of at least this many bytes wait for the store to settle before being gathered.
+const LARGE_BLOB: u64 = 8 << 20;
+
 struct Packer {
     max: u64,
+    /// Whether this batch makes a large blob (see `BlobStore::settle_before_large_put`).
+    large: bool,
     buf: Vec<u8>,
     blobs: Vec<StoredBlob>,
 }
@@ -239,8 +244,10 @@ impl Drive {
     }
 
     async fn upload_batch(&self, batch: Vec<QueuedUpload>, max: u64) -> FsResult<()> {
+        let bytes: u64 = batch.iter().map(|q| q.bytes).sum();
         let mut packer = Packer {
             max,
+            large: bytes >= LARGE_BLOB,
             buf: Vec::new(),
             blobs: Vec::new(),
         };
@@ -335,6 +342,9 @@ impl Drive {
                 let len = (end - off).min(extent_size).min(room);
                 let n = usize::try_from(len).map_err(|_| FsError::TooBig)?;
                 if packer.buf.capacity() == 0 {
+                    if packer.large {
+                        self.inner.store.settle_before_large_put().await;
+                    }
                     // Room for a full blob and the encoder's padding (under 1/64 of it), so
                     // that neither filling nor padding reallocates: growing by doubling
                     // held the old and the new copy of the blob at once, up to twice its
