@@ -379,6 +379,23 @@ impl Client {
         lock(&self.cache.metadata).put(blob_id, m);
     }
 
+    /// Hedging: how long a sliver request may take before it is presumed lost. Four times
+    /// the median of the `transfers` so far (the request timeout before any transfer
+    /// finished), but no less than the hedging floor and `decode_time`, what decoding instead
+    /// would take. The median, not the fastest: with requests pipelined, the first transfer
+    /// has the wire to itself and later ones do not, and on a busy machine transfers vary a
+    /// lot without any node being at fault.
+    pub(super) fn late_after(&self, transfers: &mut [Duration], decode_time: Duration) -> Duration {
+        if transfers.is_empty() {
+            self.config.request_timeout
+        } else {
+            let mid = transfers.len() / 2;
+            4 * *transfers.select_nth_unstable(mid).1
+        }
+        .max(self.config.hedge_floor)
+        .max(decode_time)
+    }
+
     /// Reads `range` (the whole blob if `None`) of a certified blob, verified.
     pub async fn read(
         &self,
@@ -510,20 +527,8 @@ impl Client {
                     stats,
                 ));
             }
-            // Hedging: a request is presumed lost once it takes four times the median transfer
-            // so far (the request timeout before any transfer finished), but no less than the
-            // hedging floor and the time a decode would take. The median, not the fastest: with
-            // requests pipelined, the first transfer has the wire to itself and later ones do
-            // not, and on a busy machine transfers vary a lot without any node being at fault.
             let now = Instant::now();
-            let delay = if transfers.is_empty() {
-                self.config.request_timeout
-            } else {
-                let mid = transfers.len() / 2;
-                4 * *transfers.select_nth_unstable(mid).1
-            }
-            .max(self.config.hedge_floor)
-            .max(decode_time);
+            let delay = self.late_after(&mut transfers, decode_time);
             let live = started.values().filter(|&&t| now < t + delay).count();
             if live < started.len() && !fallback {
                 debug!("some slivers are slow; fetching others to decode from");

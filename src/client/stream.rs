@@ -41,12 +41,6 @@ type Receive = std::pin::Pin<
 >;
 type Verify = std::pin::Pin<Box<dyn Future<Output = (usize, Result<BytesMut, NodeError>)> + Send>>;
 
-/// Why the fast path stopped before the end of the range.
-enum Detour {
-    /// A node failed, lied or was late: the rest is read with hedging and decoding.
-    Fallback(String),
-}
-
 impl Client {
     /// Reads `range` (the whole blob if `None`) of a certified blob, verified, into `sink`
     /// in order. Returns what the read took; on an error, `sink` may have received a
@@ -87,16 +81,17 @@ impl Client {
         // The metadata is fetched while the first slivers are on the wire.
         let cached = self.cached_metadata(&blob_id);
         let known = cached.is_some();
-        let mut metadata_done = known;
         let mut metadata: Option<Arc<BlobMetadataWithId>> = cached;
         let (committee_ref, config_ref) = (&committee, &config);
+        // Polled only while `metadata` is `None`, so never when it was cached.
         let mut metadata_fetch = std::pin::pin!(async move {
-            match known {
-                true => None,
-                false => Some(
+            if known {
+                None
+            } else {
+                Some(
                     self.fetch_metadata(committee_ref, config_ref, blob_id)
                         .await,
-                ),
+                )
             }
         });
 
@@ -120,7 +115,9 @@ impl Client {
         let mut transfers: Vec<Duration> = Vec::new();
         let decode_time = Duration::from_secs_f64(len as f64 / DECODE_BYTES_PER_SEC);
 
-        let detour: Option<Detour> = loop {
+        // Why the fast path stopped before the end of the range (a node failed, lied or was
+        // late): the rest is then read with hedging and decoding.
+        let detour: Option<String> = loop {
             // Write what is verified and next in line; its buffer serves the next request.
             while let Some(buf) = ready.remove(&next_write) {
                 let piece = &buf[needed[next_write].in_sliver.clone()];
@@ -159,52 +156,41 @@ impl Client {
                 ));
                 next_request += 1;
             }
-            // A request is late after four times the median transfer so far (as in `read`).
-            let delay = if transfers.is_empty() {
-                self.config.request_timeout
-            } else {
-                let mid = transfers.len() / 2;
-                4 * *transfers.select_nth_unstable(mid).1
-            }
-            .max(self.config.hedge_floor)
-            .max(decode_time);
+            let delay = self.late_after(&mut transfers, decode_time);
             let event = tokio::time::timeout(delay, async {
                 tokio::select! {
-                    md = &mut metadata_fetch, if !metadata_done => Event::Metadata(md),
+                    md = &mut metadata_fetch, if metadata.is_none() => Event::Metadata(md),
                     Some(r) = receiving.next() => Event::Received(r),
                     Some(v) = verifying.next() => Event::Verified(v),
                 }
             })
             .await;
             match event {
-                Err(_) => break Some(Detour::Fallback("a node is late".into())),
-                Ok(Event::Metadata(md)) => {
-                    metadata_done = true;
-                    match md {
-                        Some(Ok(m)) => {
-                            let m = Arc::new(m);
-                            self.remember_metadata(blob_id, m.clone());
-                            debug!(elapsed = ?t0.elapsed(), "metadata verified");
-                            metadata = Some(m);
-                        }
-                        Some(Err(e)) => return Err(e),
-                        None => {}
+                Err(_) => break Some("a node is late".into()),
+                Ok(Event::Metadata(md)) => match md {
+                    Some(Ok(m)) => {
+                        let m = Arc::new(m);
+                        self.remember_metadata(blob_id, m.clone());
+                        debug!(elapsed = ?t0.elapsed(), "metadata verified");
+                        metadata = Some(m);
                     }
-                }
+                    Some(Err(e)) => return Err(e),
+                    None => {}
+                },
                 Ok(Event::Received((i, transfer, buf, result))) => match result {
                     Ok((size, url)) if size == symbol_size => {
                         transfers.push(transfer);
                         unverified.push((i, url, buf));
                     }
                     Ok((size, _)) => {
-                        break Some(Detour::Fallback(format!(
+                        break Some(format!(
                             "sliver {} has symbols of {size} bytes, not {symbol_size}",
                             needed[i].sliver
-                        )));
+                        ));
                     }
                     Err(e) => {
                         stats.failures.push(e.to_string());
-                        break Some(Detour::Fallback(e.to_string()));
+                        break Some(e.to_string());
                     }
                 },
                 Ok(Event::Verified((i, result))) => match result {
@@ -214,7 +200,7 @@ impl Client {
                     }
                     Err(e) => {
                         stats.failures.push(e.to_string());
-                        break Some(Detour::Fallback(e.to_string()));
+                        break Some(e.to_string());
                     }
                 },
             }
@@ -224,7 +210,7 @@ impl Client {
                 debug!(elapsed = ?t0.elapsed(), "range written");
                 Ok(stats)
             }
-            Some(Detour::Fallback(why)) => {
+            Some(why) => {
                 debug!(%why, written, "reading the rest with hedging and decoding");
                 // Requests in flight are dropped (and cancelled) here.
                 drop((receiving, verifying));
