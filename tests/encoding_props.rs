@@ -643,15 +643,19 @@ proptest! {
         n in small_n(), len in blob_len(), shape in shape(), seed: u64,
     ) {
         let c = case(n, len, shape, seed, 0);
-        for pair in 0..c.enc.n_pairs() {
-            let p = c.enc.primary_sliver(pair);
-            prop_assert_eq!(p.to_bcs(), c.enc.primary_bcs(pair));
+        let enc = std::sync::Arc::new(c.enc);
+        let joined = |pieces: Vec<bytes::Bytes>| pieces.concat();
+        for pair in 0..enc.n_pairs() {
+            let p = enc.primary_sliver(pair);
+            prop_assert_eq!(p.to_bcs(), enc.primary_bcs(pair));
+            prop_assert_eq!(p.to_bcs(), joined(enc.sliver_bcs_pieces(pair, SliverType::Primary)));
             check_sliver_bcs(&p)?;
-            let s = c.enc.secondary_sliver(pair);
-            prop_assert_eq!(s.to_bcs(), c.enc.secondary_bcs(pair));
+            let s = enc.secondary_sliver(pair);
+            prop_assert_eq!(s.to_bcs(), enc.secondary_bcs(pair));
+            prop_assert_eq!(s.to_bcs(), joined(enc.sliver_bcs_pieces(pair, SliverType::Secondary)));
             check_sliver_bcs(&s)?;
         }
-        let meta = &c.enc.metadata;
+        let meta = &enc.metadata;
         let bytes = meta.to_bcs();
         prop_assert_eq!(&bytes, &bcs::to_bytes(meta).unwrap());
         prop_assert_eq!(&BlobMetadataWithId::from_bcs(&bytes).unwrap(), meta);

@@ -26,6 +26,46 @@ fn axis(t: SliverType) -> &'static str {
     }
 }
 
+/// A request body sent as a sequence of byte pieces, with its length known up front (so it
+/// goes out with a `Content-Length`, not chunked).
+struct PiecesBody {
+    pieces: std::collections::VecDeque<bytes::Bytes>,
+    remaining: u64,
+}
+
+impl PiecesBody {
+    fn new(pieces: &[bytes::Bytes]) -> Self {
+        Self {
+            pieces: pieces.iter().filter(|p| !p.is_empty()).cloned().collect(),
+            remaining: pieces.iter().map(|p| p.len() as u64).sum(),
+        }
+    }
+}
+
+impl http_body::Body for PiecesBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let piece = self.pieces.pop_front();
+        if let Some(p) = &piece {
+            self.remaining -= p.len() as u64;
+        }
+        std::task::Poll::Ready(piece.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 impl NodeApi {
     pub fn new(http: reqwest::Client, network_address: &str, timeout: Duration) -> Self {
         let base =
@@ -178,20 +218,22 @@ impl NodeApi {
         pair: u16,
         sliver: &Sliver,
     ) -> Result<(), NodeError> {
-        self.put_sliver_bcs(blob_id, pair, sliver.sliver_type, sliver.to_bcs().into())
+        self.put_sliver_bcs(blob_id, pair, sliver.sliver_type, &[sliver.to_bcs().into()])
             .await
     }
 
-    /// Like [`Self::put_sliver`], with the sliver's BCS bytes already made (the body is sent
-    /// as it is, without another copy; cloning it for a retry copies nothing either).
+    /// Like [`Self::put_sliver`], with the sliver's BCS bytes already made, in pieces sent
+    /// one after another as one body (see [`crate::encoding::EncodedBlob::sliver_bcs_pieces`]):
+    /// no piece is copied before the socket's own copy, nor for a retry.
     pub async fn put_sliver_bcs(
         &self,
         blob_id: &BlobId,
         pair: u16,
         sliver_type: SliverType,
-        body: bytes::Bytes,
+        pieces: &[bytes::Bytes],
     ) -> Result<(), NodeError> {
-        let t = self.timeout_for(body.len());
+        let body = PiecesBody::new(pieces);
+        let t = self.timeout_for(body.remaining as usize);
         let url = format!(
             "{}/v1/blobs/{blob_id}/slivers/{pair}/{}",
             self.base,
@@ -201,7 +243,7 @@ impl NodeApi {
             self.http
                 .put(url)
                 .header("content-type", "application/octet-stream")
-                .body(body),
+                .body(reqwest::Body::wrap(body)),
             t,
         )
         .await?;

@@ -103,20 +103,16 @@ async fn upload_to_node(
     retry(|| api.get_confirmation(&blob_id, object_id)).await
 }
 
-/// Makes the BCS body of one sliver and uploads it.
+/// Uploads one sliver, its body borrowed from the encoded blob.
 async fn upload_sliver(
     api: &NodeApi,
-    encoded: &EncodedBlob,
+    encoded: &Arc<EncodedBlob>,
     blob_id: BlobId,
     pair: u16,
     sliver_type: SliverType,
 ) -> Result<(), NodeError> {
-    let p = usize::from(pair);
-    let body = bytes::Bytes::from(match sliver_type {
-        SliverType::Primary => encoded.primary_bcs(p),
-        SliverType::Secondary => encoded.secondary_bcs(p),
-    });
-    retry(|| api.put_sliver_bcs(&blob_id, pair, sliver_type, body.clone())).await
+    let pieces = encoded.sliver_bcs_pieces(usize::from(pair), sliver_type);
+    retry(|| api.put_sliver_bcs(&blob_id, pair, sliver_type, &pieces)).await
 }
 
 /// Retries transient failures (timeouts, 5xx) twice; a refused connection or a 4xx is final.

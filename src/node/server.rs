@@ -261,13 +261,13 @@ fn success<T>(code: StatusCode, data: T) -> (StatusCode, Json<ApiSuccess<T>>) {
     )
 }
 
-fn octet_stream(bytes: Vec<u8>) -> Response {
+fn octet_stream(bytes: impl Into<Bytes>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         )],
-        bytes,
+        bytes.into(),
     )
         .into_response()
 }

@@ -522,7 +522,7 @@ impl StorageNode {
         blob_id: BlobId,
         pair: u32,
         sliver_type: SliverType,
-    ) -> Result<Vec<u8>, NodeError> {
+    ) -> Result<bytes::Bytes, NodeError> {
         let pair = self.check_pair_index(pair)?;
         let view = self.blob_view(blob_id).await?;
         view.require_live_for_read(blob_id)?;
@@ -536,7 +536,7 @@ impl StorageNode {
                 sliver_type,
             })?;
         if self.faults.corrupt_slivers {
-            return corrupt_sliver(&bytes, sliver_type);
+            return corrupt_sliver(&bytes, sliver_type).map(Into::into);
         }
         Ok(bytes)
     }
@@ -697,7 +697,7 @@ fn stored_copy_or_metadata(
         .get_sliver_bcs(&blob_id, pair, sliver_type)
         .map_err(NodeError::Store)?
     {
-        if stored == sliver.to_bcs() {
+        if stored[..] == sliver.to_bcs()[..] {
             return Ok(Checked::Stored(false));
         }
         return Err(NodeError::InvalidSliver {

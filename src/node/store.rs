@@ -32,6 +32,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+
 use crate::encoding::{BlobId, BlobMetadataWithId, Sliver, SliverType};
 
 use super::error::StoreError;
@@ -73,6 +75,41 @@ fn create_dir_if_missing(dir: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err(dir)(e)),
     }
+}
+
+/// Sliver files at least this large are served from a mapping of their page-cache pages when
+/// all of them are cached (see [`map_if_cached`]).
+const MAP_MIN: usize = 256 << 10;
+
+/// Maps `file` read-only if every page of it is in the page cache, else `None`.
+///
+/// Why: a sliver read into a buffer is copied out of the page cache into fresh memory, and
+/// the fresh pages' faults cost more than the copy; both were over half of a node's CPU time
+/// when serving the systematic slivers of a read. A mapping of cached pages costs neither:
+/// the socket copies straight from the page cache.
+///
+/// Only cached files are mapped because a mapping turns a read error into `SIGBUS`, which
+/// would take the node down: with every page cached, there is nothing left to read from the
+/// disk. (A page evicted between the check and the send is read back like any other; only a
+/// disk failure in that moment would still be fatal.) Files written with `O_DIRECT` are not
+/// cached, so they are read as before, which caches them for the next read.
+fn map_if_cached(file: &File) -> Option<memmap2::Mmap> {
+    // SAFETY: sliver files are never written after they are renamed into place, nor
+    // truncated (a deleted blob's files are unlinked, which leaves a mapping intact), so the
+    // mapped bytes cannot change under the `&[u8]` the mapping hands out.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    let page = 4096usize;
+    let mut resident = vec![0u8; map.len().div_ceil(page)];
+    // SAFETY: `map` is a live mapping of `map.len()` bytes, page-aligned, and `resident` has
+    // one byte per page of it, as mincore(2) requires.
+    let r = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            resident.as_mut_ptr(),
+        )
+    };
+    (r == 0 && resident.iter().all(|b| b & 1 == 1)).then_some(map)
 }
 
 fn sliver_file_name(pair: u16, sliver_type: SliverType) -> String {
@@ -271,8 +308,22 @@ impl SliverStore {
         blob_id: &BlobId,
         pair: u16,
         sliver_type: SliverType,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Self::read_optional(&self.sliver_path(blob_id, pair, sliver_type))
+    ) -> Result<Option<Bytes>, StoreError> {
+        let path = self.sliver_path(blob_id, pair, sliver_type);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len >= MAP_MIN as u64
+            && let Some(map) = map_if_cached(&file)
+        {
+            return Ok(Some(Bytes::from_owner(map)));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        io::Read::read_to_end(&mut &file, &mut bytes).map_err(io_err(&path))?;
+        Ok(Some(bytes.into()))
     }
 
     /// Of the slivers of `pairs` (both types each) and the metadata, those not stored.
@@ -314,8 +365,11 @@ mod tests {
         assert!(store.put_sliver(&id, 2, &s).unwrap());
         assert!(!store.put_sliver(&id, 2, &s).unwrap());
         assert_eq!(
-            store.get_sliver_bcs(&id, 2, SliverType::Primary).unwrap(),
-            Some(s.to_bcs())
+            store
+                .get_sliver_bcs(&id, 2, SliverType::Primary)
+                .unwrap()
+                .as_deref(),
+            Some(&s.to_bcs()[..])
         );
         assert_eq!(
             store.get_sliver_bcs(&id, 2, SliverType::Secondary).unwrap(),
