@@ -537,3 +537,26 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small files are read in one go, large ones in parallel parts: same bytes either way,
+    /// including a last part shorter than the others and an empty file.
+    #[test]
+    fn read_whole_returns_the_files_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, 4096, (8 << 20) - 1, (8 << 20) + 12_345, 21 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 + i / 4099) as u8).collect();
+            let path = dir.path().join(format!("f{len}"));
+            fs::write(&path, &bytes).unwrap();
+            assert!(read_whole(&path).unwrap() == bytes, "{len} bytes");
+        }
+        let missing = read_whole(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("cannot read"),
+            "{missing:#}"
+        );
+    }
+}

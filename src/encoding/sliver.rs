@@ -135,7 +135,9 @@ pub struct SliverView<'a> {
 /// faults cost about as much as the hashing.
 #[derive(Default)]
 struct VerifyScratch {
-    encoder: Option<((usize, usize), Encoder)>,
+    /// Encoders by shape `(k, n − k)`: a node verifies primary and secondary slivers in turn,
+    /// and rebuilding the codec's state for each shape change cost more than the encoding.
+    encoders: Vec<((usize, usize), Encoder)>,
     recovery: Vec<u8>,
     hasher: LeafHasher,
     leaves: Vec<[u8; DIGEST_LEN]>,
@@ -165,15 +167,24 @@ impl SliverView<'_> {
         let s = usize::from(self.symbol_size).max(1);
         let k = self.data.len() / s;
         let VerifyScratch {
-            encoder,
+            encoders,
             recovery,
             hasher,
             leaves,
         } = scratch;
-        let encoder = match encoder {
-            Some((shape, e)) if *shape == (k, n - k) => e,
-            slot => &mut slot.insert(((k, n - k), Encoder::new(k, n - k))).1,
+        let shape = (k, n - k);
+        let at = match encoders.iter().position(|(s, _)| *s == shape) {
+            Some(at) => at,
+            None => {
+                // Two shapes per committee size; more only if the committee changes.
+                if encoders.len() >= 4 {
+                    encoders.remove(0);
+                }
+                encoders.push((shape, Encoder::new(k, n - k)));
+                encoders.len() - 1
+            }
         };
+        let encoder = &mut encoders[at].1;
         // Every byte is overwritten by the encoder: only growth needs filling.
         recovery.resize((n - k) * s, 0);
         encoder.encode_many(

@@ -395,6 +395,63 @@ mod tests {
         assert!(store.has_sliver(&id, 2, SliverType::Primary));
     }
 
+    /// Large sliver files are served from a mapping when their pages are cached, else read;
+    /// both give the stored bytes, and a mapping outlives the file's deletion.
+    #[test]
+    fn large_slivers_are_served_mapped_or_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EncodingConfig::new(7).unwrap();
+        let blob: Vec<u8> = (0..900_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
+        let encoded = config.encode(&blob).unwrap();
+        let id = encoded.metadata.blob_id;
+        let store = SliverStore::open(dir.path()).unwrap();
+        store.put_metadata(&encoded.metadata).unwrap();
+        for pair in [0u16, 6] {
+            // Pair 0's primary sliver is systematic (written through the page cache), pair
+            // 6's is not (written with O_DIRECT where the file system allows it).
+            let s = encoded.primary_sliver(usize::from(pair));
+            assert!(s.to_bcs().len() >= MAP_MIN, "the test needs a large sliver");
+            store.put_sliver(&id, pair, &s).unwrap();
+            for _ in 0..2 {
+                let got = store
+                    .get_sliver_bcs(&id, pair, SliverType::Primary)
+                    .unwrap()
+                    .unwrap();
+                assert!(got[..] == s.to_bcs()[..], "pair {pair}: bytes differ");
+            }
+        }
+
+        // A file read once is cached, so it is mapped; the mapping keeps the bytes after the
+        // file is unlinked (as when a blob is deleted while a read is being sent).
+        let path = store.sliver_path(&id, 0, SliverType::Primary);
+        let want = fs::read(&path).unwrap();
+        let map = map_if_cached(&File::open(&path).unwrap()).expect("a cached file is mapped");
+        fs::remove_file(&path).unwrap();
+        assert!(map[..] == want[..]);
+        assert_eq!(
+            store.get_sliver_bcs(&id, 0, SliverType::Primary).unwrap(),
+            None
+        );
+
+        // Pages dropped from the cache: read, not mapped, and still the stored bytes.
+        let path = store.sliver_path(&id, 6, SliverType::Primary);
+        let file = File::open(&path).unwrap();
+        // SAFETY: a valid descriptor; the advice only drops clean cached pages.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        let got = store
+            .get_sliver_bcs(&id, 6, SliverType::Primary)
+            .unwrap()
+            .unwrap();
+        assert!(got[..] == encoded.primary_sliver(6).to_bcs()[..]);
+    }
+
     #[test]
     fn corrupt_metadata_file_is_reported_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
