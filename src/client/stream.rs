@@ -97,11 +97,17 @@ impl Client {
 
         let pipeline = self.config.read_pipeline.max(1);
         let n_buffers = (pipeline + SPARE_BUFFERS).min(needed.len());
-        let mut pool: Vec<BytesMut> = {
+        // Two buffers at once, the rest once their pages are mapped (see `populate_apart`).
+        let (mut pool, mut more_buffers) = {
             let mut all = BytesMut::zeroed(n_buffers * sliver_len);
             prefer_huge_pages(&mut all);
-            (0..n_buffers).map(|_| all.split_to(sliver_len)).collect()
+            let rest = all.split_off(n_buffers.min(FIRST_BUFFERS) * sliver_len);
+            let first: Vec<BytesMut> =
+                std::iter::from_fn(|| (!all.is_empty()).then(|| all.split_to(sliver_len)))
+                    .collect();
+            (first, populate_apart(rest))
         };
+        let mut all_buffers = false;
 
         let mut receiving: FuturesUnordered<Receive> = FuturesUnordered::new();
         let mut verifying: FuturesUnordered<Verify> = FuturesUnordered::new();
@@ -159,6 +165,7 @@ impl Client {
             let delay = self.late_after(&mut transfers, decode_time);
             let event = tokio::time::timeout(delay, async {
                 tokio::select! {
+                    rest = &mut more_buffers, if !all_buffers => Event::Buffers(rest),
                     md = &mut metadata_fetch, if metadata.is_none() => Event::Metadata(md),
                     Some(r) = receiving.next() => Event::Received(r),
                     Some(v) = verifying.next() => Event::Verified(v),
@@ -167,6 +174,13 @@ impl Client {
             .await;
             match event {
                 Err(_) => break Some("a node is late".into()),
+                Ok(Event::Buffers(rest)) => {
+                    all_buffers = true;
+                    let mut rest = rest.unwrap_or_default();
+                    while !rest.is_empty() {
+                        pool.push(rest.split_to(sliver_len));
+                    }
+                }
                 Ok(Event::Metadata(md)) => match md {
                     Some(Ok(m)) => {
                         let m = Arc::new(m);
@@ -287,7 +301,41 @@ impl Client {
     }
 }
 
+/// Buffers handed out before the rest of the pool is mapped: enough for the first requests.
+const FIRST_BUFFERS: usize = 2;
+
+/// Maps the pages of `buf` on one of rayon's threads and hands it back: the buffers are fresh
+/// memory, whose pages (or huge pages, where the kernel has them) are zeroed at their first
+/// write. Left to the first writes, that happens while the slivers stream in and both cores
+/// are busy verifying and receiving; here it happens in the first milliseconds of the read,
+/// while a core waits for the metadata and the first slivers. `MADV_POPULATE_WRITE` (Linux
+/// 5.14) maps zero pages only, so the buffer's contents do not change; where it is refused,
+/// the pages are mapped by the first writes as before. Resolves to `None` only if the task
+/// was lost (a panic in rayon's pool), which costs those buffers, not the read.
+fn populate_apart(buf: BytesMut) -> tokio::sync::oneshot::Receiver<BytesMut> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        #[cfg(target_os = "linux")]
+        {
+            const MADV_POPULATE_WRITE: libc::c_int = 23;
+            const PAGE: usize = 4096;
+            let start = (buf.as_ptr() as usize).next_multiple_of(PAGE);
+            let end = (buf.as_ptr() as usize + buf.len()) & !(PAGE - 1);
+            if end > start {
+                // SAFETY: the range lies inside `buf`, which this task owns; populating
+                // pages for writing maps zero pages and never changes a byte's value.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE);
+                }
+            }
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
 enum Event {
+    Buffers(Result<BytesMut, tokio::sync::oneshot::error::RecvError>),
     Metadata(Option<Result<BlobMetadataWithId, ClientError>>),
     Received((usize, Duration, BytesMut, Result<(u16, String), NodeError>)),
     Verified((usize, Result<BytesMut, NodeError>)),
