@@ -310,7 +310,7 @@ const FIRST_BUFFERS: usize = 2;
 /// are busy verifying and receiving; here it happens in the first milliseconds of the read,
 /// while a core waits for the metadata and the first slivers. `MADV_POPULATE_WRITE` (Linux
 /// 5.14) maps zero pages only, so the buffer's contents do not change; where it is refused,
-/// the pages are mapped by the first writes as before. Resolves to `None` only if the task
+/// the pages are mapped by the first writes as before. Resolves to an error only if the task
 /// was lost (a panic in rayon's pool), which costs those buffers, not the read.
 fn populate_apart(buf: BytesMut) -> tokio::sync::oneshot::Receiver<BytesMut> {
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -98,7 +98,11 @@ fn map_if_cached(file: &File) -> Option<memmap2::Mmap> {
     // truncated (a deleted blob's files are unlinked, which leaves a mapping intact), so the
     // mapped bytes cannot change under the `&[u8]` the mapping hands out.
     let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-    let page = 4096usize;
+    // SAFETY: sysconf only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096);
     let mut resident = vec![0u8; map.len().div_ceil(page)];
     // SAFETY: `map` is a live mapping of `map.len()` bytes, page-aligned, and `resident` has
     // one byte per page of it, as mincore(2) requires.
