@@ -8,6 +8,7 @@
 //! slivers need: the source (primary slivers `0..rows`), the row extensions (secondary slivers
 //! `cols..n`) and, when slivers are wanted, the column extensions (primary slivers `rows..n`).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -291,7 +292,7 @@ enum Part {
 struct Piece {
     blob: Arc<EncodedBlob>,
     part: Part,
-    range: std::ops::Range<usize>,
+    range: Range<usize>,
 }
 
 impl AsRef<[u8]> for Piece {
@@ -346,16 +347,8 @@ impl EncodedBlob {
     }
 
     fn extend_primary_data(&self, index: usize, out: &mut Vec<u8>) {
-        let (rows, cols, s) = (self.config.rows(), self.config.cols(), self.s);
-        if index < rows {
-            out.extend_from_slice(&self.source[index * cols * s..(index + 1) * cols * s]);
-        } else {
-            let m_col = self.config.n_shards_usize() - rows;
-            let q = index - rows;
-            for j in 0..cols {
-                let at = (j * m_col + q) * s;
-                out.extend_from_slice(&self.col_recovery[at..at + s]);
-            }
+        for (part, range) in self.symbol_runs(SliverType::Primary, index) {
+            out.extend_from_slice(&self.part(part)[range]);
         }
     }
 
@@ -367,19 +360,40 @@ impl EncodedBlob {
     }
 
     fn extend_secondary_data(&self, index: usize, out: &mut Vec<u8>) {
-        let (rows, cols, s) = (self.config.rows(), self.config.cols(), self.s);
-        if index < cols {
-            for r in 0..rows {
-                let at = (r * cols + index) * s;
-                out.extend_from_slice(&self.source[at..at + s]);
-            }
-        } else {
-            let m_row = self.config.n_shards_usize() - cols;
-            for r in 0..rows {
-                let at = (r * m_row + index - cols) * s;
-                out.extend_from_slice(&self.row_recovery[at..at + s]);
-            }
+        for (part, range) in self.symbol_runs(SliverType::Secondary, index) {
+            out.extend_from_slice(&self.part(part)[range]);
         }
+    }
+
+    /// Where the symbols of primary sliver `index` (row `index` of the expanded matrix) or of
+    /// secondary sliver `index` (column `index`) lie, in order, as runs of adjacent bytes in
+    /// one buffer: a systematic primary sliver is one run (a row of the source), every other
+    /// sliver one run per symbol.
+    fn symbol_runs(&self, sliver_type: SliverType, index: usize) -> Vec<(Part, Range<usize>)> {
+        let (rows, cols, s, n) = (
+            self.config.rows(),
+            self.config.cols(),
+            self.s,
+            self.n_pairs(),
+        );
+        let starts: Vec<(Part, usize)> = match sliver_type {
+            SliverType::Primary if index < rows => {
+                return vec![(Part::Source, index * cols * s..(index + 1) * cols * s)];
+            }
+            SliverType::Primary => (0..cols)
+                .map(|j| (Part::ColRecovery, (j * (n - rows) + index - rows) * s))
+                .collect(),
+            SliverType::Secondary if index < cols => (0..rows)
+                .map(|r| (Part::Source, (r * cols + index) * s))
+                .collect(),
+            SliverType::Secondary => (0..rows)
+                .map(|r| (Part::RowRecovery, (r * (n - cols) + index - cols) * s))
+                .collect(),
+        };
+        starts
+            .into_iter()
+            .map(|(part, at)| (part, at..at + s))
+            .collect()
     }
 
     /// The primary sliver of sliver pair `pair`.
@@ -433,69 +447,26 @@ impl EncodedBlob {
     /// copied every encoded byte (about 4.5× the blob) a second time before the socket's
     /// own copy.
     pub fn sliver_bcs_pieces(self: &Arc<Self>, pair: usize, sliver_type: SliverType) -> Vec<Bytes> {
-        let (rows, cols, s, n) = (
-            self.config.rows(),
-            self.config.cols(),
-            self.s,
-            self.n_pairs(),
-        );
-        // (part, start) of each symbol, in order.
-        let (len, index, symbols): (usize, usize, Vec<(Part, usize)>) = match sliver_type {
-            SliverType::Primary => {
-                let symbols = if pair < rows {
-                    (0..cols)
-                        .map(|j| (Part::Source, (pair * cols + j) * s))
-                        .collect()
-                } else {
-                    let m_col = n - rows;
-                    (0..cols)
-                        .map(|j| (Part::ColRecovery, (j * m_col + pair - rows) * s))
-                        .collect()
-                };
-                (cols * s, pair, symbols)
-            }
-            SliverType::Secondary => {
-                let index = n - 1 - pair;
-                let symbols = if index < cols {
-                    (0..rows)
-                        .map(|r| (Part::Source, (r * cols + index) * s))
-                        .collect()
-                } else {
-                    let m_row = n - cols;
-                    (0..rows)
-                        .map(|r| (Part::RowRecovery, (r * m_row + index - cols) * s))
-                        .collect()
-                };
-                (rows * s, index, symbols)
-            }
+        let (len, index) = match sliver_type {
+            SliverType::Primary => (self.config.cols() * self.s, pair),
+            SliverType::Secondary => (self.config.rows() * self.s, self.n_pairs() - 1 - pair),
         };
         let mut header = Vec::with_capacity(5);
         write_bcs_header(&mut header, len);
         let mut pieces = vec![Bytes::from(header)];
-        // Adjacent symbols (a systematic primary sliver is one row of the source) go out as
-        // one piece.
-        let mut run: Option<(Part, std::ops::Range<usize>)> = None;
-        for (part, at) in symbols {
-            match &mut run {
-                Some((p, r)) if *p == part && r.end == at => r.end = at + s,
-                _ => {
-                    if let Some((p, r)) = run.replace((part, at..at + s)) {
-                        pieces.push(self.piece(p, r));
-                    }
-                }
-            }
-        }
-        if let Some((p, r)) = run {
-            pieces.push(self.piece(p, r));
-        }
+        pieces.extend(
+            self.symbol_runs(sliver_type, index)
+                .into_iter()
+                .map(|(part, range)| self.piece(part, range)),
+        );
         let mut trailer = Vec::with_capacity(4);
-        trailer.extend_from_slice(&(s as u16).to_le_bytes());
+        trailer.extend_from_slice(&(self.s as u16).to_le_bytes());
         trailer.extend_from_slice(&(index as u16).to_le_bytes());
         pieces.push(Bytes::from(trailer));
         pieces
     }
 
-    fn piece(self: &Arc<Self>, part: Part, range: std::ops::Range<usize>) -> Bytes {
+    fn piece(self: &Arc<Self>, part: Part, range: Range<usize>) -> Bytes {
         Bytes::from_owner(Piece {
             blob: self.clone(),
             part,
