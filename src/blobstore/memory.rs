@@ -13,12 +13,16 @@
 //! - `epochs` must be `1..=max_epochs_ahead` (the ledger's `InvalidEpochsAhead`).
 //!
 //! Tests steer it: [`MemoryStore::set_epoch`] moves time, [`MemoryStore::fail_next`] makes the
-//! next calls fail with [`BlobStoreError::Unavailable`], [`MemoryStore::corrupt`] flips stored
-//! bytes, and [`MemoryStore::stats`] counts what was asked.
+//! next calls fail with [`BlobStoreError::Unavailable`], [`MemoryStore::hold_puts`] keeps puts
+//! waiting (an upload in flight, for as long as a test needs), [`MemoryStore::corrupt`] flips
+//! stored bytes, and [`MemoryStore::stats`] counts what was asked.
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
 
 use super::{BlobStore, BlobStoreError, PutOptions, StoredBlob};
 use crate::encoding::{BlobId, EncodingConfig, EncodingError};
@@ -102,6 +106,9 @@ impl State {
 pub struct MemoryStore {
     config: EncodingConfig,
     state: Mutex<State>,
+    /// While true, puts wait (see [`MemoryStore::hold_puts`]).
+    puts_held: watch::Sender<bool>,
+    puts_waiting: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -120,6 +127,8 @@ impl MemoryStore {
                 stats: MemoryStoreStats::default(),
             }),
             config,
+            puts_held: watch::Sender::new(false),
+            puts_waiting: AtomicUsize::new(0),
         })
     }
 
@@ -180,6 +189,21 @@ impl MemoryStore {
     /// `fail_next(MemoryOp::Get, n)`.
     pub fn fail_next_gets(&self, n: u32) {
         self.fail_next(MemoryOp::Get, n);
+    }
+
+    /// Puts from now on wait, before doing anything, until [`Self::release_puts`].
+    pub fn hold_puts(&self) {
+        self.puts_held.send_replace(true);
+    }
+
+    /// Lets held puts go on.
+    pub fn release_puts(&self) {
+        self.puts_held.send_replace(false);
+    }
+
+    /// How many puts wait on [`Self::hold_puts`] now.
+    pub fn waiting_puts(&self) -> usize {
+        self.puts_waiting.load(Ordering::SeqCst)
     }
 
     pub fn stats(&self) -> MemoryStoreStats {
@@ -268,6 +292,13 @@ impl BlobStore for MemoryStore {
 
     async fn put(&self, data: Vec<u8>, options: PutOptions) -> Result<StoredBlob, BlobStoreError> {
         let size = data.len() as u64;
+        let mut held = self.puts_held.subscribe();
+        if *held.borrow_and_update() {
+            self.puts_waiting.fetch_add(1, Ordering::SeqCst);
+            // Only a dropped sender ends this early, and the store owns it.
+            let _ = held.wait_for(|h| !*h).await;
+            self.puts_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         {
             let mut s = self.lock();
             s.take_failure(MemoryOp::Put)?;

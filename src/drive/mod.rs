@@ -224,6 +224,27 @@ struct Live {
     cache_file: Mutex<Option<(u64, Arc<File>)>>,
 }
 
+/// See [`Drive::pinned`]. Unpins on drop.
+struct Pinned {
+    drive: Drive,
+    ino: Ino,
+    live: Arc<Live>,
+}
+
+impl std::ops::Deref for Pinned {
+    type Target = Live;
+
+    fn deref(&self) -> &Live {
+        &self.live
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.drive.unpin(self.ino);
+    }
+}
+
 #[derive(Default)]
 struct LiveEntry {
     pins: usize,
@@ -616,6 +637,18 @@ impl Drive {
                 })
             })
             .clone()
+    }
+
+    /// A pin held for as long as the returned value lives. Work that spans awaits (an
+    /// upload, from taking a file to committing it) needs this: once the last pin goes, the
+    /// entry is dropped and the next open makes a new [`Live`], whose lock and write
+    /// generation the holder of the old one would never see.
+    fn pinned(&self, ino: Ino) -> Pinned {
+        Pinned {
+            live: self.pin(ino),
+            drive: self.clone(),
+            ino,
+        }
     }
 
     fn unpin(&self, ino: Ino) {
@@ -2023,16 +2056,24 @@ impl Drive {
     pub async fn wait_idle(&self) -> FsResult<()> {
         // Written and not queued yet (open, or closed with its release still on the way):
         // wanted now too.
-        let live: Vec<(Ino, Arc<Live>)> = lock(&self.inner.live)
-            .iter()
-            .filter_map(|(ino, e)| e.live.clone().map(|l| (*ino, l)))
-            .collect();
-        for (ino, l) in live {
+        // Pinned, so that each is the `Live` its writers use until it is committed.
+        let live: Vec<Pinned> = {
+            let inos: Vec<Ino> = lock(&self.inner.live).keys().copied().collect();
+            inos.into_iter().map(|ino| self.pinned(ino)).collect()
+        };
+        for l in live {
             if l.data.read().await.dirty
-                && let Err(e) = self.commit_writes(ino, &l).await
+                && let Err(e) = self.commit_writes(l.ino, &l).await
             {
-                // Unlinked meanwhile, most likely: nothing to upload then.
-                debug!(ino, error = %e, "queueing written data failed");
+                // Unlinked meanwhile: nothing to upload then. Anything else means data this
+                // wait must cover is not queued, so the caller hears of it.
+                if !matches!(e, FsError::NotFound) {
+                    return Err(e);
+                }
+                debug!(
+                    ino = l.ino,
+                    "written file unlinked before its writes were queued"
+                );
             }
         }
         let mut rx = self.inner.progress.subscribe();

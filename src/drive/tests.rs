@@ -1215,6 +1215,9 @@ async fn concurrent_writers_and_the_uploader_agree() {
     for (names, want) in &all {
         for (n, w) in names.iter().zip(want) {
             let ino = lookup_ino(&d, ROOT, n).await;
+            // `flush` promises this: everything written before it is uploaded.
+            let i = d.getattr(ino).await.unwrap();
+            assert_eq!(i.uploaded_gen, i.data_gen, "{n} not uploaded at idle");
             assert!(read_file(&d, ino).await.unwrap() == *w, "{n} differs");
         }
     }
@@ -1233,6 +1236,46 @@ async fn concurrent_writers_and_the_uploader_agree() {
             );
         }
     }
+    stop(d).await;
+}
+
+/// The uploader keeps a file pinned from taking it to committing it. A file closed, reopened
+/// and rewritten while its upload is in flight is then one live file to the writer and the
+/// uploader, so the commit sees the new writes. (It once was two: the commit took the old
+/// content for the current one, moved the staging file, new writes and all, into the cache
+/// and dropped the queued upload of the new writes, which were lost with the cache.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_rewritten_while_its_upload_is_in_flight_keeps_the_new_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new(10).unwrap());
+    let d = start(config(tmp.path()), &store).await;
+    store.hold_puts();
+    let ino = write_file(&d, ROOT, "f", b"first").await;
+    eventually("the upload of f to start", || store.waiting_puts() == 1).await;
+    let fh = d.open(ino, libc::O_RDWR).await.unwrap();
+    write_all(&d, fh, 0, b"second").await;
+    d.flush(fh).await.unwrap();
+    d.release(fh).await.unwrap();
+    // Keep the closer off the new writes for a while (it passes over a file whose lock is
+    // taken), so that the first upload commits before they are queued.
+    let live = d.pin(ino);
+    let reading = live.data.read().await;
+    store.release_puts();
+    eventually("the first put to finish", || store.stats().puts == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(reading);
+    d.unpin(ino);
+    d.wait_idle().await.unwrap();
+    let i = d.getattr(ino).await.unwrap();
+    assert_eq!(
+        i.uploaded_gen, i.data_gen,
+        "the new writes are not uploaded"
+    );
+    assert_eq!(read_file(&d, ino).await.unwrap(), b"second");
+    stop(d).await;
+    remove_cache(tmp.path());
+    let d = start(config(tmp.path()), &store).await;
+    assert_eq!(read_file(&d, ino).await.unwrap(), b"second");
     stop(d).await;
 }
 

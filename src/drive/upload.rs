@@ -12,14 +12,13 @@
 
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use super::error::{FsError, FsResult, io_err};
 use super::meta::{self, BlobRecord, Extent, Ino, Kind, QueuedUpload};
-use super::{Drive, Live, lock};
+use super::{Drive, Live, Pinned, lock};
 use crate::blobstore::{PutOptions, StoredBlob};
 use crate::encoding::BlobId;
 
@@ -28,7 +27,8 @@ struct Piece {
     ino: Ino,
     data_gen: u64,
     wgen: u64,
-    live: Arc<Live>,
+    /// Pinned until the commit: see [`Drive::pinned`].
+    live: Pinned,
     /// Extents; `blob` indexes the blobs of this round.
     extents: Vec<(Extent, usize)>,
 }
@@ -277,9 +277,8 @@ impl Drive {
 
     /// Takes one queued file: reads its staged content into the packer.
     async fn take(&self, q: QueuedUpload, packer: &mut Packer) -> FsResult<Option<Piece>> {
-        let live = self.pin(q.ino);
+        let live = self.pinned(q.ino);
         let r = self.take_inner(q, packer, &live).await;
-        self.unpin(q.ino);
         r.map(|o| {
             o.map(|(data_gen, wgen, extents)| Piece {
                 ino: q.ino,
@@ -296,7 +295,7 @@ impl Drive {
         &self,
         q: QueuedUpload,
         packer: &mut Packer,
-        live: &Arc<Live>,
+        live: &Live,
     ) -> FsResult<Option<(u64, u64, Vec<(Extent, usize)>)>> {
         let (file, size, data_gen, wgen) = {
             let mut data = live.data.write().await;
