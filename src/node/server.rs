@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,20 +49,13 @@ type NodeState = Arc<StorageNode>;
 
 /// The node's REST API as an axum router.
 pub fn router(node: NodeState) -> Router {
-    let limits = node.limits();
     Router::new()
         .route(
             METADATA_ENDPOINT,
-            get(get_metadata)
-                .put(put_metadata)
-                .layer(DefaultBodyLimit::max(limits.max_metadata_body_bytes)),
+            // Bodies are read by the handlers, which enforce the node's limits themselves.
+            get(get_metadata).put(put_metadata),
         )
-        .route(
-            SLIVER_ENDPOINT,
-            get(get_sliver)
-                .put(put_sliver)
-                .layer(DefaultBodyLimit::max(limits.max_sliver_body_bytes)),
-        )
+        .route(SLIVER_ENDPOINT, get(get_sliver).put(put_sliver))
         .route(
             PERMANENT_CONFIRMATION_ENDPOINT,
             get(get_permanent_confirmation),
@@ -178,18 +171,6 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), NodeError> {
     }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, NodeError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            NodeError::BodyTooLarge { limit }
-        } else {
-            NodeError::BadBody {
-                reason: e.body_text(),
-            }
-        }
-    })
-}
-
 /// Parses a sliver PUT body as it arrives, each piece copied once, straight to its place in
 /// the sliver (collecting the body first and then cutting the symbols out of it copied every
 /// byte two to three times). A body longer than `limit` is refused as soon as that is known:
@@ -204,7 +185,8 @@ async fn read_sliver_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = announced.filter(|&n| n > limit as u64) {
+        drain_refused(body.into_data_stream(), n).await;
         return Err(NodeError::BodyTooLarge { limit });
     }
     let malformed = |source| NodeError::MalformedBody {
@@ -220,11 +202,69 @@ async fn read_sliver_body(
         })?;
         received += chunk.len();
         if received > limit {
+            drain_refused(stream, u64::MAX).await;
             return Err(NodeError::BodyTooLarge { limit });
         }
         reader.feed(&chunk).map_err(malformed)?;
     }
     reader.finish().map_err(malformed)
+}
+
+/// At most this much of a refused body is read (and dropped) before the refusal is sent.
+const DRAIN_MAX: u64 = 16 << 20;
+/// ... and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops the rest of a body that is refused as too large (`announced` bytes in
+/// all, `u64::MAX` if unknown), within [`DRAIN_MAX`] and [`DRAIN_TIME`]. An HTTP/1.1 server
+/// that answers early closes the connection on a client still sending, whose next write
+/// then fails with a reset, often before it reads the answer: the client would see a broken
+/// connection instead of "413, body too large". A body far over the limit is not read: the
+/// connection is closed on it as before.
+async fn drain_refused(mut stream: axum::body::BodyDataStream, announced: u64) {
+    if announced != u64::MAX && announced > DRAIN_MAX {
+        return;
+    }
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+}
+
+/// Reads a whole (small) body of at most `limit` bytes; a longer one is refused as
+/// [`read_sliver_body`] refuses one.
+async fn read_small_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, NodeError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
+    if let Some(n) = announced.filter(|&n| n > limit as u64) {
+        drain_refused(stream, n).await;
+        return Err(NodeError::BodyTooLarge { limit });
+    }
+    let mut bytes = Vec::with_capacity(announced.map_or(0, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| NodeError::BadBody {
+            reason: format!("cannot read the body: {e}"),
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            drain_refused(stream, u64::MAX).await;
+            return Err(NodeError::BodyTooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.into())
 }
 
 /// Decodes a metadata PUT body for `blob_id`. Walrus clients send `BlobMetadata`; a
@@ -319,13 +359,13 @@ async fn put_metadata(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<UploadQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<impl IntoResponse, NodeError> {
     let Path(blob_id) = path.map_err(path_error)?;
     let blob_id = parse_blob_id(&blob_id)?;
     query.map_err(query_error)?;
     check_content_type(&headers)?;
-    let bytes = body_bytes(body, node.limits().max_metadata_body_bytes)?;
+    let bytes = read_small_body(&headers, body, node.limits().max_metadata_body_bytes).await?;
     let metadata = decode_metadata(blob_id, &bytes)?;
     let stored = node
         .store_metadata(blob_id, metadata)
