@@ -952,7 +952,7 @@ impl Drive {
         let (inode, staging) =
             self.make_open(caller, parent, name, Kind::File, mode, umask, 0, None)?;
         let fh = self.open_handle(inode.ino, flags);
-        let live = self.pin(inode.ino);
+        let live = self.pinned(inode.ino);
         {
             let mut data = live.data.write().await;
             // Writes through this handle go straight to the staging file.
@@ -971,7 +971,7 @@ impl Drive {
                 );
             }
         }
-        self.unpin(inode.ino);
+        drop(live);
         Ok((inode, fh))
     }
 
@@ -1525,9 +1525,9 @@ impl Drive {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (ino, _) = self.handle(fh)?;
-        let live = self.pin(ino);
+        let live = self.pinned(ino);
         let out = self.read_inner(fh, ino, &live, offset, size).await;
-        self.unpin(ino);
+        drop(live);
         if let Ok(b) = &out {
             self.inner.counters.bytes_read(b.len());
         }
@@ -1624,7 +1624,7 @@ impl Drive {
             .filter(|&e| e <= i64::MAX as u64)
             .ok_or(FsError::TooBig)?;
         let _admitted = self.check_space(bytes.len() as u64)?;
-        let live = self.pin(ino);
+        let live = self.pinned(ino);
         let result = async {
             let mut data = live.data.write().await;
             // An open staging file means the inode is staged; with a pending size, the
@@ -1658,7 +1658,7 @@ impl Drive {
             u32::try_from(bytes.len()).map_err(|_| FsError::TooBig)
         }
         .await;
-        self.unpin(ino);
+        drop(live);
         result
     }
 
@@ -1694,7 +1694,7 @@ impl Drive {
             Kind::Dir => return Err(FsError::IsDir),
             _ => return Err(FsError::Invalid("not a regular file")),
         }
-        let live = self.pin(ino);
+        let live = self.pinned(ino);
         let result = async {
             let mut data = live.data.write().await;
             self.stage(ino, &mut data, size == 0).await?;
@@ -1719,7 +1719,7 @@ impl Drive {
             })
         }
         .await;
-        self.unpin(ino);
+        drop(live);
         if result.is_ok() {
             self.inner.durable.closed(ino);
         }
@@ -1758,9 +1758,9 @@ impl Drive {
         if !write || !self.inner.config.sync_on_close {
             return Ok(());
         }
-        let live = self.pin(ino);
+        let live = self.pinned(ino);
         let g = self.commit_writes(ino, &live).await;
-        self.unpin(ino);
+        drop(live);
         self.wait_uploaded(ino, g?).await
     }
 
@@ -1771,7 +1771,13 @@ impl Drive {
         };
         self.inner.prefetch.forget(fh);
         let ino = h.ino;
-        let live = self.pin(ino);
+        let live = self.pinned(ino);
+        // The handle's pin, taken at open: given back however this returns.
+        let _handle = Pinned {
+            drive: self.clone(),
+            ino,
+            live: live.live.clone(),
+        };
         if h.write && live.data.read().await.dirty {
             // Queued for upload by the closer, with other closes in one transaction (the
             // kernel sends no flush, see `fuse`; close(2) does not wait for this).
@@ -1817,9 +1823,6 @@ impl Drive {
                 self.try_unstage(ino, &data)?;
             }
         }
-        // Once for this call's pin, once for the handle's.
-        self.unpin(ino);
-        self.unpin(ino);
         if h.write {
             self.inner.upload_wake.notify_one();
         }
@@ -2012,9 +2015,9 @@ impl Drive {
     /// fsync/fdatasync: returns once the file's content as of this call is certified.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let (ino, _) = self.handle(fh)?;
-        let live = self.pin(ino);
+        let live = self.pinned(ino);
         let g = self.commit_writes(ino, &live).await;
-        self.unpin(ino);
+        drop(live);
         let g = g?;
         self.wait_uploaded(ino, g).await
     }

@@ -1221,6 +1221,8 @@ async fn concurrent_writers_and_the_uploader_agree() {
             assert!(read_file(&d, ino).await.unwrap() == *w, "{n} differs");
         }
     }
+    // Every pin was given back: no inode's in-memory state outlives its users.
+    eventually("no inode left pinned", || lock(&d.inner.live).is_empty()).await;
     stop(d).await;
     remove_cache(tmp.path());
     let d = start(config(tmp.path()), &store).await;
