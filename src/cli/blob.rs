@@ -189,6 +189,64 @@ fn file_len(path: &Path) -> anyhow::Result<u64> {
     Ok(meta.len())
 }
 
+/// Where `-o PATH` writes.
+///
+/// A regular file (or a path that does not exist yet) is written beside its final name and
+/// renamed into place once complete, so that a failed read never leaves a partial file under
+/// that name; through a symbolic link, the file it points to is the one replaced. Anything
+/// else (`/dev/null`, a FIFO, a terminal) is written directly: a rename would replace the
+/// device node itself with a regular file.
+struct Output {
+    file: fs::File,
+    /// `(partial, final)` when written beside the final name.
+    staged: Option<(PathBuf, PathBuf)>,
+}
+
+impl Output {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let dest = match fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                return Ok(Self { file, staged: None });
+            }
+            Ok(_) => fs::canonicalize(path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+            Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+        };
+        let mut name = dest.file_name().unwrap_or_default().to_os_string();
+        name.push(".walrusfs-partial");
+        let partial = dest.with_file_name(name);
+        let file = fs::File::create(&partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        Ok(Self {
+            file,
+            staged: Some((partial, dest)),
+        })
+    }
+
+    /// Puts the written file in place.
+    fn finish(self) -> anyhow::Result<()> {
+        drop(self.file);
+        if let Some((partial, dest)) = self.staged {
+            fs::rename(&partial, &dest)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes what a failed write left.
+    fn abandon(self) {
+        drop(self.file);
+        if let Some((partial, _)) = self.staged {
+            let _ = fs::remove_file(partial);
+        }
+    }
+}
+
 /// Reads a whole file into memory, large files in parallel parts.
 ///
 /// Why: the read of a blob is the one step of a put that runs before anything else can, and
@@ -412,25 +470,21 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                 }
                 out.flush()?;
             } else {
-                let tmp = output.with_extension("walrusfs-partial");
-                let mut file = fs::File::create(&tmp)
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                let mut target = Output::open(&output)?;
                 let mut written = 0u64;
                 let read = rt.block_on(client.read_streaming(blob_id, range, &mut |piece| {
                     written += piece.len() as u64;
-                    file.write_all(piece)
+                    target.file.write_all(piece)
                 }));
                 spinner.finish_and_clear();
                 let stats = match read {
                     Ok(stats) => stats,
                     Err(e) => {
-                        let _ = fs::remove_file(&tmp);
+                        target.abandon();
                         return Err(e.into());
                     }
                 };
-                drop(file);
-                fs::rename(&tmp, &output)
-                    .with_context(|| format!("cannot write {}", output.display()))?;
+                target.finish()?;
                 writeln!(
                     out,
                     "read {written} bytes of blob {blob_id} into {} ({} slivers verified{})",
@@ -520,11 +574,12 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
                     return Err(e).with_context(|| format!("cannot decode {}", dir.display()));
                 }
             };
-            let tmp = output.with_extension("walrusfs-partial");
-            fs::write(&tmp, &decoded.data)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            fs::rename(&tmp, &output)
-                .with_context(|| format!("cannot write {}", output.display()))?;
+            let mut target = Output::open(&output)?;
+            if let Err(e) = target.file.write_all(&decoded.data) {
+                target.abandon();
+                return Err(e).with_context(|| format!("cannot write {}", output.display()));
+            }
+            target.finish()?;
             writeln!(
                 out,
                 "decoded {} bytes from {} valid primary slivers into {}",
@@ -557,6 +612,62 @@ mod tests {
         assert!(
             format!("{missing:#}").contains("cannot read"),
             "{missing:#}"
+        );
+    }
+
+    /// Devices and FIFOs are written in place (a rename would replace `/dev/null` with a
+    /// regular file); regular files beside their name, then renamed, also through a symbolic
+    /// link (the link stays a link); a failed write leaves nothing.
+    #[test]
+    fn outputs_are_written_in_place_or_renamed_as_their_kind_wants() {
+        use std::io::Read as _;
+        use std::os::unix::fs::FileTypeExt as _;
+        let dir = tempfile::tempdir().unwrap();
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                fs::File::open(fifo).unwrap().read_to_end(&mut got).unwrap();
+                got
+            })
+        };
+        let mut out = Output::open(&fifo).unwrap();
+        assert!(out.staged.is_none());
+        out.file.write_all(b"through the pipe").unwrap();
+        out.finish().unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+        let target = dir.path().join("data.tar");
+        fs::write(&target, b"old").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut out = Output::open(&link).unwrap();
+        out.file.write_all(b"new").unwrap();
+        out.finish().unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+
+        let fresh = dir.path().join("fresh.bin");
+        let mut out = Output::open(&fresh).unwrap();
+        out.file.write_all(b"part").unwrap();
+        assert!(!fresh.exists(), "a partial file under the final name");
+        out.abandon();
+        assert!(!fresh.exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "partial file left behind"
         );
     }
 }
