@@ -171,31 +171,29 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), NodeError> {
     }
 }
 
-/// Parses a sliver PUT body as it arrives, each piece copied once, straight to its place in
-/// the sliver (collecting the body first and then cutting the symbols out of it copied every
-/// byte two to three times). A body longer than `limit` is refused as soon as that is known:
-/// from `Content-Length`, else once more than `limit` bytes have arrived.
-async fn read_sliver_body(
-    headers: &HeaderMap,
-    body: Body,
-    sliver_type: SliverType,
-    limit: usize,
-) -> Result<Sliver, NodeError> {
-    let announced = headers
+/// A request's `Content-Length`, if it has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = announced.filter(|&n| n > limit as u64) {
-        drain_refused(body.into_data_stream(), n).await;
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Hands a body of at most `limit` bytes to `feed` chunk by chunk as it arrives. A longer
+/// one is refused as soon as that is known: from `Content-Length`, else once more than
+/// `limit` bytes have arrived; its rest is drained first ([`drain_refused`]).
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    mut feed: impl FnMut(&[u8]) -> Result<(), NodeError>,
+) -> Result<(), NodeError> {
+    let mut stream = body.into_data_stream();
+    if let Some(n) = content_length(headers).filter(|&n| n > limit as u64) {
+        drain_refused(stream, n).await;
         return Err(NodeError::BodyTooLarge { limit });
     }
-    let malformed = |source| NodeError::MalformedBody {
-        what: "sliver",
-        source,
-    };
-    let mut reader = SliverBcsReader::new(sliver_type).reserve_at_most(limit);
     let mut received = 0usize;
-    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| NodeError::BadBody {
             reason: format!("cannot read the body: {e}"),
@@ -205,8 +203,29 @@ async fn read_sliver_body(
             drain_refused(stream, u64::MAX).await;
             return Err(NodeError::BodyTooLarge { limit });
         }
-        reader.feed(&chunk).map_err(malformed)?;
+        feed(&chunk)?;
     }
+    Ok(())
+}
+
+/// Parses a sliver PUT body as it arrives, each piece copied once, straight to its place in
+/// the sliver (collecting the body first and then cutting the symbols out of it copied every
+/// byte two to three times). A body longer than `limit` is refused ([`read_limited`]).
+async fn read_sliver_body(
+    headers: &HeaderMap,
+    body: Body,
+    sliver_type: SliverType,
+    limit: usize,
+) -> Result<Sliver, NodeError> {
+    let malformed = |source| NodeError::MalformedBody {
+        what: "sliver",
+        source,
+    };
+    let mut reader = SliverBcsReader::new(sliver_type).reserve_at_most(limit);
+    read_limited(headers, body, limit, |chunk| {
+        reader.feed(chunk).map_err(malformed)
+    })
+    .await?;
     reader.finish().map_err(malformed)
 }
 
@@ -237,33 +256,20 @@ async fn drain_refused(mut stream: axum::body::BodyDataStream, announced: u64) {
     let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }
 
-/// Reads a whole (small) body of at most `limit` bytes; a longer one is refused as
-/// [`read_sliver_body`] refuses one.
+/// Reads a whole (small) body of at most `limit` bytes; a longer one is refused
+/// ([`read_limited`]).
 async fn read_small_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<Bytes, NodeError> {
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut stream = body.into_data_stream();
-    if let Some(n) = announced.filter(|&n| n > limit as u64) {
-        drain_refused(stream, n).await;
-        return Err(NodeError::BodyTooLarge { limit });
-    }
-    let mut bytes = Vec::with_capacity(announced.map_or(0, |n| n as usize));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| NodeError::BadBody {
-            reason: format!("cannot read the body: {e}"),
-        })?;
-        if bytes.len() + chunk.len() > limit {
-            drain_refused(stream, u64::MAX).await;
-            return Err(NodeError::BodyTooLarge { limit });
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let announced = content_length(headers).unwrap_or(0).min(limit as u64);
+    let mut bytes = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+    read_limited(headers, body, limit, |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })
+    .await?;
     Ok(bytes.into())
 }
 
