@@ -11,6 +11,7 @@
 
 mod error;
 pub mod node_api;
+mod plain_get;
 mod read;
 mod store;
 mod stream;
@@ -78,6 +79,8 @@ pub struct Client {
     https: Arc<OnceLock<reqwest::Client>>,
     config: ClientConfig,
     cache: Arc<read::ReadCache>,
+    /// Idle connections of sliver reads from `http://` nodes.
+    plain: Arc<plain_get::Pool>,
 }
 
 /// The HTTP client for nodes; `tls_roots`: with the platform's root certificates (needed
@@ -105,6 +108,7 @@ impl Client {
             https: Arc::new(OnceLock::new()),
             config,
             cache: Arc::new(read::ReadCache::default()),
+            plain: Arc::new(plain_get::Pool::default()),
         })
     }
 
@@ -142,6 +146,7 @@ impl Client {
                 self.http.clone()
             };
             NodeApi::new(http, &m.network_address, self.config.request_timeout)
+                .with_plain_gets(self.plain.clone(), self.config.connect_timeout)
         })
     }
 

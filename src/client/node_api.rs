@@ -1,10 +1,11 @@
 //! Typed calls to one storage node's REST API (`walrus-spec/storage_openapi.yaml`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::NodeError;
+use super::{NodeError, plain_get};
 use crate::encoding::{BlobId, BlobMetadataWithId, Sliver, SliverBcsReader, SliverType};
 use crate::protocol::{ApiSuccess, ObjectId, SignedMessage, StorageConfirmation};
 
@@ -17,6 +18,8 @@ pub struct NodeApi {
     /// out on a loaded machine while small requests still fail fast.
     per_mib: Duration,
     timeout: Duration,
+    /// For `http://` nodes: sliver GETs read straight into place (see [`super::plain_get`]).
+    plain: Option<(Arc<plain_get::Pool>, Duration)>,
 }
 
 fn axis(t: SliverType) -> &'static str {
@@ -79,7 +82,19 @@ impl NodeApi {
             base,
             per_mib: Duration::from_millis(200),
             timeout,
+            plain: None,
         }
+    }
+
+    /// Reads slivers from an `http://` node without `reqwest`, keeping idle connections in
+    /// `pool` and allowing `connect_timeout` for a new one (see [`super::plain_get`]).
+    pub(super) fn with_plain_gets(
+        mut self,
+        pool: Arc<plain_get::Pool>,
+        connect_timeout: Duration,
+    ) -> Self {
+        self.plain = Some((pool, connect_timeout));
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -170,6 +185,51 @@ impl NodeApi {
             })?;
         }
         Ok(())
+    }
+
+    /// [`Self::stream_sliver`] through [`plain_get`], where the node is `http://`. `false`:
+    /// not done (not such a node, or it answered other than a plain `200`) and nothing fed
+    /// to `reader`; ask through `reqwest`.
+    async fn plain_sliver(
+        &self,
+        blob_id: &BlobId,
+        pair: u16,
+        sliver_type: SliverType,
+        expected_len: usize,
+        reader: &mut SliverBcsReader<'_>,
+    ) -> Result<bool, NodeError> {
+        let Some(((pool, connect), authority)) =
+            self.plain.as_ref().zip(plain_get::authority(&self.base))
+        else {
+            return Ok(false);
+        };
+        let path = format!("/v1/blobs/{blob_id}/slivers/{pair}/{}", axis(sliver_type));
+        let t = self.timeout_for(expected_len);
+        let got = tokio::time::timeout(
+            t,
+            plain_get::get_into(pool, authority, &path, *connect, reader),
+        )
+        .await
+        .map_err(|_| NodeError::Timeout {
+            url: self.base.clone(),
+            secs: t.as_secs_f64(),
+        })?;
+        match got {
+            Ok(plain_get::Outcome::Done) => Ok(true),
+            Ok(plain_get::Outcome::Declined) => Ok(false),
+            Err(plain_get::PlainError::Io(e)) => Err(NodeError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            }),
+            Err(plain_get::PlainError::Framing(reason)) => Err(NodeError::Malformed {
+                url: self.base.clone(),
+                reason,
+            }),
+            Err(plain_get::PlainError::Body(source)) => Err(NodeError::Invalid {
+                url: self.base.clone(),
+                source,
+            }),
+        }
     }
 
     fn json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, NodeError> {
@@ -279,8 +339,13 @@ impl NodeApi {
     ) -> Result<(u16, u16), NodeError> {
         let len = dest.len();
         let mut reader = SliverBcsReader::into_slice(sliver_type, dest);
-        self.stream_sliver(blob_id, pair, sliver_type, len, &mut reader)
-            .await?;
+        if !self
+            .plain_sliver(blob_id, pair, sliver_type, len, &mut reader)
+            .await?
+        {
+            self.stream_sliver(blob_id, pair, sliver_type, len, &mut reader)
+                .await?;
+        }
         reader
             .finish_in_place()
             .map_err(|source| NodeError::Invalid {

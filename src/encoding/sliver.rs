@@ -409,6 +409,23 @@ impl<'a> SliverBcsReader<'a> {
         Ok(())
     }
 
+    /// Where the next symbol bytes go, while they go to a destination slice: a caller may
+    /// read from a socket straight into it, then call [`Self::advance`]. `None` before the
+    /// length prefix is complete, once the symbols are, and when collecting into a vector.
+    pub fn symbols_spare(&mut self) -> Option<&mut [u8]> {
+        let len = self.len?;
+        let filled = self.filled;
+        let dest = self.dest.as_deref_mut()?;
+        (filled < len).then(|| &mut dest[filled..len])
+    }
+
+    /// Counts `n` bytes written into [`Self::symbols_spare`] as received.
+    pub fn advance(&mut self, n: usize) {
+        let room = self.len.map_or(0, |len| len - self.filled);
+        debug_assert!(n <= room && self.dest.is_some());
+        self.filled += n.min(room);
+    }
+
     /// The end of the body: symbol size and index, once the framing is complete and sound.
     fn finish_framing(&self) -> Result<(u16, u16), EncodingError> {
         let len = match self.len {
