@@ -242,6 +242,47 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// Encodes one codeword whose `k` source symbols of `s` bytes lie back to back in `data`,
+    /// in stripes of whole 128-byte blocks (the last one keeps the tail), so that a caller
+    /// can hash each stripe's source and recovery pieces while they are in cache instead of
+    /// copying the recovery symbols out. `each(range, recovery)` gets the byte range of the
+    /// stripe within every symbol and the `m` recovery pieces of that range. Returns `false`,
+    /// having done nothing, if the symbols are too short to stripe (encode them with
+    /// [`Self::encode_many`]).
+    pub(crate) fn encode_striped(
+        &mut self,
+        s: usize,
+        data: &[u8],
+        mut each: impl FnMut(Range<usize>, &[&[u8]]),
+    ) -> Result<bool, EncodingError> {
+        let (k, m) = (self.k, self.m);
+        debug_assert_eq!(data.len(), k * s);
+        // The same cut as `plan`'s stripes, rounded to Blake2b's 128-byte blocks.
+        if s * k * 2 <= ENCODE_TARGET_BYTES || s < 256 {
+            return Ok(false);
+        }
+        let per = (ENCODE_TARGET_BYTES / k.max(1)).max(128) / 128 * 128;
+        let mut a = 0;
+        while a < s {
+            let mut b = (a + per).min(s);
+            if s - b < 128 {
+                b = s;
+            }
+            let rs = Self::rs(&mut self.rs, k, m, b - a)?;
+            for i in 0..k {
+                rs.add_original_shard(&data[i * s + a..i * s + b])
+                    .map_err(codec_err)?;
+            }
+            let res = rs.encode().map_err(codec_err)?;
+            let recovery: Vec<&[u8]> = res.recovery_iter().collect();
+            each(a..b, &recovery);
+            a = b;
+        }
+        Ok(true)
+    }
+}
+
 /// Recovers the missing source symbols of many codewords that share one erasure pattern.
 pub(crate) struct Decoder {
     k: usize,

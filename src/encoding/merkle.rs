@@ -171,6 +171,43 @@ impl LeafHasher {
     }
 }
 
+/// Leaf hashes of symbols that arrive in pieces, the same byte range of every symbol at a
+/// time (the stripes of [`super::codec::Encoder::encode_striped`]), four symbols at once.
+#[derive(Default)]
+pub struct StripeHasher {
+    states: Vec<blake2b_simd::State>,
+}
+
+impl StripeHasher {
+    /// Starts `count` leaf hashes.
+    pub fn start(&mut self, count: usize) {
+        let p = params();
+        self.states.clear();
+        self.states.resize_with(count, || {
+            let mut state = p.to_state();
+            state.update(&[LEAF_PREFIX]);
+            state
+        });
+    }
+
+    /// Feeds the next piece of symbols `first..first + pieces.len()`.
+    pub fn update(&mut self, first: usize, pieces: impl IntoIterator<Item = impl AsRef<[u8]>>) {
+        let pieces: Vec<_> = pieces.into_iter().collect();
+        update_many(
+            self.states[first..first + pieces.len()]
+                .iter_mut()
+                .zip(pieces.iter().map(|p| p.as_ref())),
+        );
+    }
+
+    /// The leaf hashes, in order.
+    pub fn finish(&self, out: &mut [[u8; DIGEST_LEN]]) {
+        for (o, state) in out.iter_mut().zip(&self.states) {
+            *o = to_array(state.finalize().as_bytes());
+        }
+    }
+}
+
 /// Leaf hash of one input.
 pub fn leaf_hash(data: &[u8]) -> [u8; DIGEST_LEN] {
     let mut s = params().to_state();
