@@ -198,16 +198,27 @@ impl NodeApi {
         expected_len: usize,
         reader: &mut SliverBcsReader<'_>,
     ) -> Result<bool, NodeError> {
+        let path = format!("/v1/blobs/{blob_id}/slivers/{pair}/{}", axis(sliver_type));
+        self.plain_get(&path, self.timeout_for(expected_len), reader)
+            .await
+    }
+
+    /// A GET of `path` through [`plain_get`] into `sink`, within `t`. `false`: not done (not
+    /// an `http://` node, or it answered other than a plain `200`), nothing given to `sink`.
+    async fn plain_get(
+        &self,
+        path: &str,
+        t: Duration,
+        sink: &mut (dyn plain_get::BodySink + Send),
+    ) -> Result<bool, NodeError> {
         let Some(((pool, connect), authority)) =
             self.plain.as_ref().zip(plain_get::authority(&self.base))
         else {
             return Ok(false);
         };
-        let path = format!("/v1/blobs/{blob_id}/slivers/{pair}/{}", axis(sliver_type));
-        let t = self.timeout_for(expected_len);
         let got = tokio::time::timeout(
             t,
-            plain_get::get_into(pool, authority, &path, *connect, reader),
+            plain_get::get_into(pool, authority, path, *connect, sink),
         )
         .await
         .map_err(|_| NodeError::Timeout {
@@ -263,10 +274,21 @@ impl NodeApi {
     /// Metadata as the node has it (BCS `BlobMetadataWithId`, as walrus-core's nodes answer),
     /// not yet verified against the blob ID.
     pub async fn get_metadata(&self, blob_id: &BlobId) -> Result<BlobMetadataWithId, NodeError> {
-        let url = format!("{}/v1/blobs/{blob_id}/metadata", self.base);
+        let path = format!("/v1/blobs/{blob_id}/metadata");
         let t = self.timeout_for(1 << 16);
-        let body = self.send(self.http.get(url), t).await?;
-        BlobMetadataWithId::from_bcs(&body.0).map_err(|source| NodeError::Invalid {
+        // Metadata is 64 n + 50 bytes; nothing near this is legitimate.
+        let mut collect = plain_get::Collect {
+            bytes: Vec::new(),
+            limit: 1 << 20,
+        };
+        let body = if self.plain_get(&path, t, &mut collect).await? {
+            collect.bytes
+        } else {
+            self.send(self.http.get(format!("{}{path}", self.base)), t)
+                .await?
+                .0
+        };
+        BlobMetadataWithId::from_bcs(&body).map_err(|source| NodeError::Invalid {
             url: self.base.clone(),
             source,
         })

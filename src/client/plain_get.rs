@@ -1,11 +1,15 @@
-//! Sliver GETs from `http://` nodes read straight into the sliver's buffer.
+//! GETs of slivers and metadata from `http://` nodes, without reqwest; a sliver's symbols are
+//! read straight into the sliver's buffer.
 //!
 //! Why not through `reqwest` like every other request: its body arrives as chunks of hyper's
 //! own read buffer, which are copied into the sliver buffer, and that buffer is replaced by
 //! fresh memory as the chunks are handed out. For a 64 MiB read on the 2-core machine this
 //! project is measured on, that copy and the page faults of the fresh buffers were about a
-//! tenth of the client's CPU (see `ARCHITECTURE.md`, "Reads"). Here the socket's bytes go
-//! from the kernel to their place in the sliver buffer in one copy.
+//! third of the client's CPU (see `ARCHITECTURE.md`, `client/`). Here the socket's bytes go
+//! from the kernel to their place in the sliver buffer in one copy. Metadata comes the same
+//! way: a read asks for it while its first slivers stream in, and through reqwest (another
+//! task, another thread) its answer now and then came tens of milliseconds late, holding up
+//! every verification.
 //!
 //! Only the plainest exchange is handled: `GET`, a `200` answer framed by `Content-Length`.
 //! Parsing is httparse's (hyper's own parser). Anything else, including an error status
@@ -53,6 +57,47 @@ impl Pool {
     }
 }
 
+/// Where a body goes: bytes fed through `feed`, or read by the caller straight into `spare`
+/// (then counted with `advance`) where the sink has room that needs no checks.
+pub trait BodySink {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), PlainError>;
+    fn spare(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+    fn advance(&mut self, _n: usize) {}
+}
+
+impl BodySink for SliverBcsReader<'_> {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), PlainError> {
+        Ok(SliverBcsReader::feed(self, bytes)?)
+    }
+    fn spare(&mut self) -> Option<&mut [u8]> {
+        self.symbols_spare()
+    }
+    fn advance(&mut self, n: usize) {
+        SliverBcsReader::advance(self, n);
+    }
+}
+
+/// A small body (metadata), collected whole; a longer one than `limit` is an error.
+pub struct Collect {
+    pub bytes: Vec<u8>,
+    pub limit: usize,
+}
+
+impl BodySink for Collect {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), PlainError> {
+        if self.bytes.len() + bytes.len() > self.limit {
+            return Err(PlainError::Framing(format!(
+                "the body is longer than {} bytes",
+                self.limit
+            )));
+        }
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// How a plain GET ended, short of an I/O error.
 #[derive(Debug)]
 pub enum Outcome {
@@ -81,15 +126,15 @@ pub fn authority(base: &str) -> Option<&str> {
     (!rest.is_empty() && !rest.contains(['/', '@', '?', '#'])).then_some(rest)
 }
 
-/// GETs `path` from `authority` and feeds the body to `reader`, reading the symbols straight
-/// into its destination. `connect_timeout` bounds a new connection; the caller bounds the
+/// GETs `path` from `authority` and hands the body to `reader` (a sliver's symbols are read
+/// straight into their destination). `connect_timeout` bounds a new connection; the caller bounds the
 /// whole exchange.
 pub async fn get_into(
     pool: &Arc<Pool>,
     authority: &str,
     path: &str,
     connect_timeout: Duration,
-    reader: &mut SliverBcsReader<'_>,
+    reader: &mut (dyn BodySink + Send),
 ) -> Result<Outcome, PlainError> {
     // A kept connection may have been closed by the node meanwhile; that shows as an error or
     // an end of stream before any byte of the answer, and the request is then sent once more
@@ -139,7 +184,7 @@ async fn exchange(
     authority: &str,
     mut conn: TcpStream,
     path: &str,
-    reader: &mut SliverBcsReader<'_>,
+    reader: &mut (dyn BodySink + Send),
 ) -> Result<Outcome, Attempt> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/octet-stream\r\nuser-agent: walrusfs/{}\r\n\r\n",
@@ -216,7 +261,7 @@ async fn exchange(
     left -= early.len() as u64;
     let mut small = [0u8; 64];
     while left > 0 {
-        let n = match reader.symbols_spare() {
+        let n = match reader.spare() {
             Some(spare) => {
                 let want = spare.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                 let n = conn.read(&mut spare[..want]).await?;
@@ -430,6 +475,30 @@ content-length: 58
         assert!(e.is_not_found(), "{e}");
         assert!(e.to_string().contains("this node has no sliver"), "{e}");
         assert_eq!(server.await.unwrap(), 2, "once plain, once through reqwest");
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_collected_within_their_limit() {
+        let (addr, _server) =
+            scripted(vec![vec![ok(b"0123456789", ""), ok(b"0123456789", "")]]).await;
+        let pool = Arc::new(Pool::default());
+        let mut fits = Collect {
+            bytes: Vec::new(),
+            limit: 10,
+        };
+        assert!(matches!(
+            get_into(&pool, &addr, "/s", Duration::from_secs(2), &mut fits).await,
+            Ok(Outcome::Done)
+        ));
+        assert_eq!(fits.bytes, b"0123456789");
+        let mut short = Collect {
+            bytes: Vec::new(),
+            limit: 9,
+        };
+        let e = get_into(&pool, &addr, "/s", Duration::from_secs(2), &mut short)
+            .await
+            .expect_err("over the limit");
+        assert!(e.to_string().contains("longer than 9 bytes"), "{e}");
     }
 
     #[test]
