@@ -162,7 +162,9 @@ impl NodeApi {
         Ok(bytes_body::Body(Vec::from(body)))
     }
 
-    /// Streams a sliver body into `reader` as it arrives (the timeout covers the whole body).
+    /// Streams a sliver body into `reader` as it arrives (the timeout covers the whole body):
+    /// through [`plain_get`] from an `http://` node, else (or if that declines) through
+    /// reqwest.
     async fn stream_sliver(
         &self,
         blob_id: &BlobId,
@@ -171,13 +173,14 @@ impl NodeApi {
         expected_len: usize,
         reader: &mut SliverBcsReader<'_>,
     ) -> Result<(), NodeError> {
-        let url = format!(
-            "{}/v1/blobs/{blob_id}/slivers/{pair}/{}",
-            self.base,
-            axis(sliver_type)
-        );
+        let path = format!("/v1/blobs/{blob_id}/slivers/{pair}/{}", axis(sliver_type));
         let t = self.timeout_for(expected_len);
-        let mut resp = self.start(self.http.get(url), t).await?;
+        if self.plain_get(&path, t, reader).await? {
+            return Ok(());
+        }
+        let mut resp = self
+            .start(self.http.get(format!("{}{path}", self.base)), t)
+            .await?;
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.err(e, t))? {
             reader.feed(&chunk).map_err(|source| NodeError::Invalid {
                 url: self.base.clone(),
@@ -185,22 +188,6 @@ impl NodeApi {
             })?;
         }
         Ok(())
-    }
-
-    /// [`Self::stream_sliver`] through [`plain_get`], where the node is `http://`. `false`:
-    /// not done (not such a node, or it answered other than a plain `200`) and nothing fed
-    /// to `reader`; ask through `reqwest`.
-    async fn plain_sliver(
-        &self,
-        blob_id: &BlobId,
-        pair: u16,
-        sliver_type: SliverType,
-        expected_len: usize,
-        reader: &mut SliverBcsReader<'_>,
-    ) -> Result<bool, NodeError> {
-        let path = format!("/v1/blobs/{blob_id}/slivers/{pair}/{}", axis(sliver_type));
-        self.plain_get(&path, self.timeout_for(expected_len), reader)
-            .await
     }
 
     /// A GET of `path` through [`plain_get`] into `sink`, within `t`. `false`: not done (not
@@ -361,13 +348,8 @@ impl NodeApi {
     ) -> Result<(u16, u16), NodeError> {
         let len = dest.len();
         let mut reader = SliverBcsReader::into_slice(sliver_type, dest);
-        if !self
-            .plain_sliver(blob_id, pair, sliver_type, len, &mut reader)
-            .await?
-        {
-            self.stream_sliver(blob_id, pair, sliver_type, len, &mut reader)
-                .await?;
-        }
+        self.stream_sliver(blob_id, pair, sliver_type, len, &mut reader)
+            .await?;
         reader
             .finish_in_place()
             .map_err(|source| NodeError::Invalid {

@@ -28,6 +28,8 @@ use crate::encoding::SliverBcsReader;
 
 /// Largest response head accepted (a node's is about 200 bytes).
 const MAX_HEAD: usize = 16 << 10;
+/// Reads of bodies (or parts) that are fed, not read in place, go through this much at most.
+const STAGED: usize = 64 << 10;
 /// Idle connections kept per node: as many as a read has requests in flight to one node.
 const IDLE_PER_NODE: usize = 8;
 
@@ -259,7 +261,9 @@ async fn exchange(
     }
     reader.feed(early)?;
     left -= early.len() as u64;
-    let mut small = [0u8; 64];
+    // For what the sink does not take in place: a length prefix or trailer, a sliver
+    // collected into a new vector, a metadata body. Allocated when first needed.
+    let mut staged: Vec<u8> = Vec::new();
     while left > 0 {
         let n = match reader.spare() {
             Some(spare) => {
@@ -269,10 +273,14 @@ async fn exchange(
                 n
             }
             None => {
-                // The length prefix or the trailer: a few bytes, through the framing checks.
-                let want = small.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = conn.read(&mut small[..want]).await?;
-                reader.feed(&small[..n])?;
+                if staged.is_empty() {
+                    staged.resize(usize::try_from(left).map_or(STAGED, |l| l.min(STAGED)), 0);
+                }
+                let want = staged
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = conn.read(&mut staged[..want]).await?;
+                reader.feed(&staged[..n])?;
                 n
             }
         };
@@ -475,6 +483,24 @@ content-length: 58
         assert!(e.is_not_found(), "{e}");
         assert!(e.to_string().contains("this node has no sliver"), "{e}");
         assert_eq!(server.await.unwrap(), 2, "once plain, once through reqwest");
+    }
+
+    #[tokio::test]
+    async fn a_sliver_collected_into_a_new_vector_arrives_whole() {
+        // Longer than the staging buffer: several staged reads, each through the framing.
+        let s = sliver(3 * STAGED + 4);
+        let (addr, _server) = scripted(vec![vec![ok(&s.to_bcs(), "")]]).await;
+        let mut reader = SliverBcsReader::new(SliverType::Primary);
+        let got = get_into(
+            &Arc::new(Pool::default()),
+            &addr,
+            "/s",
+            Duration::from_secs(2),
+            &mut reader,
+        )
+        .await;
+        assert!(matches!(got, Ok(Outcome::Done)));
+        assert_eq!(reader.finish().unwrap(), s);
     }
 
     #[tokio::test]

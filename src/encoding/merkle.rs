@@ -191,13 +191,8 @@ impl StripeHasher {
     }
 
     /// Feeds the next piece of symbols `first..first + pieces.len()`.
-    pub fn update(&mut self, first: usize, pieces: impl IntoIterator<Item = impl AsRef<[u8]>>) {
-        let pieces: Vec<_> = pieces.into_iter().collect();
-        update_many(
-            self.states[first..first + pieces.len()]
-                .iter_mut()
-                .zip(pieces.iter().map(|p| p.as_ref())),
-        );
+    pub fn update<'a>(&mut self, first: usize, pieces: impl IntoIterator<Item = &'a [u8]>) {
+        update_many(self.states[first..].iter_mut().zip(pieces));
     }
 
     /// The leaf hashes, in order.

@@ -199,7 +199,7 @@ impl SliverView<'_> {
                 0,
                 (0..k).map(|i| &data[i * s + range.start..i * s + range.end]),
             );
-            stripes.update(k, recovery);
+            stripes.update(k, recovery.iter().copied());
         })?;
         if striped {
             stripes.finish(leaves);
