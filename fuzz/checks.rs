@@ -59,7 +59,7 @@ const TYPES: [SliverType; 2] = [SliverType::Primary, SliverType::Secondary];
 /// decoding with it among genuine slivers neither panics nor (after verification) goes wrong.
 pub fn sliver_bcs(data: &[u8]) {
     for sliver_type in TYPES {
-        // The streaming parser the node and client use on request bodies agrees with
+        // The streaming parser the client uses on response bodies agrees with
         // `from_bcs` however the body is cut into chunks.
         let parsed = Sliver::from_bcs(data, sliver_type);
         let cuts = [
@@ -78,6 +78,19 @@ pub fn sliver_bcs(data: &[u8]) {
             parsed.as_ref().ok(),
             "SliverBcsReader and Sliver::from_bcs disagree (cut at {a} and {b})"
         );
+        // The node's decoder of sliver PUT bodies (the body in a page-aligned buffer, the
+        // symbols borrowed from it) agrees with `from_bcs` too, and keeps the bytes as sent.
+        let mut aligned = walrusfs::direct_io::aligned_with_capacity(data.len());
+        aligned.extend_from_slice(data);
+        let received = walrusfs::node::ReceivedSliver::new(aligned, sliver_type);
+        assert_eq!(
+            received.as_ref().ok().map(|r| r.view().to_sliver()),
+            parsed.as_ref().ok().cloned(),
+            "ReceivedSliver and Sliver::from_bcs disagree"
+        );
+        if let Ok(received) = &received {
+            assert_eq!(received.bcs(), data, "ReceivedSliver changed the bytes");
+        }
         let Ok(sliver) = parsed else {
             continue;
         };

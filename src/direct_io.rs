@@ -11,11 +11,13 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
+use aligned_vec::{AVec, ConstAlign};
+
 /// Files at least this large are written with `O_DIRECT` (smaller ones: one page or a few,
 /// not worth a second open on file systems that refuse it).
 pub const DIRECT_MIN: usize = 64 << 10;
 /// Alignment of `O_DIRECT` buffers, offsets and lengths (a page: enough for any block size).
-const DIRECT_ALIGN: usize = 4096;
+pub const DIRECT_ALIGN: usize = 4096;
 /// Size of the aligned staging buffer that `O_DIRECT` writes go through.
 const DIRECT_CHUNK: usize = 256 << 10;
 
@@ -66,6 +68,55 @@ pub fn write_new(path: &Path, parts: &[&[u8]], direct: bool) -> io::Result<File>
         f.write_all(p)?;
     }
     Ok(f)
+}
+
+/// Bytes in a page-aligned buffer: a whole file image that [`write_new_aligned`] hands to the
+/// disk as it is, without the copy into a staging buffer that [`write_new`] makes.
+pub type AlignedBytes = AVec<u8, ConstAlign<DIRECT_ALIGN>>;
+
+/// An empty [`AlignedBytes`] that holds `len` bytes, and the zeros that pad them to a whole
+/// number of pages, without growing.
+pub fn aligned_with_capacity(len: usize) -> AlignedBytes {
+    AlignedBytes::with_capacity(DIRECT_ALIGN, len.next_multiple_of(DIRECT_ALIGN))
+}
+
+/// Creates `path` (which must not exist) with the bytes of `buf`, not synced. Like
+/// [`write_new`], but a file of at least [`DIRECT_MIN`] bytes goes to the disk in one
+/// `O_DIRECT` write straight from `buf` (padded with zeros to a whole page for the write,
+/// then the file is cut to its length; `buf` is left as it was).
+pub fn write_new_aligned(path: &Path, buf: &mut AlignedBytes, direct: bool) -> io::Result<File> {
+    let len = buf.len();
+    if !(direct && len >= DIRECT_MIN) {
+        return write_new(path, &[&buf[..]], false);
+    }
+    let mut f = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if is_einval(&e) => return write_new(path, &[&buf[..]], false),
+        Err(e) => return Err(e),
+    };
+    // Within the capacity of a buffer from `aligned_with_capacity`: no reallocation.
+    buf.resize(len.next_multiple_of(DIRECT_ALIGN), 0);
+    let written = f.write_all(buf);
+    buf.truncate(len);
+    match written {
+        Ok(()) => {
+            f.set_len(len as u64)?;
+            Ok(f)
+        }
+        // Not supported after all: start over through the page cache.
+        Err(e) if is_einval(&e) => {
+            drop(f);
+            let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
+            f.write_all(buf)?;
+            Ok(f)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `parts` (`len` bytes in all) to an `O_DIRECT` file through an aligned buffer: whole
@@ -134,6 +185,19 @@ mod tests {
                 );
                 // It must not exist yet.
                 assert!(write_new(&path, &[a], direct).is_err());
+
+                let path = dir.path().join(format!("{i}-{direct}-aligned"));
+                let mut buf = aligned_with_capacity(len);
+                buf.extend_from_slice(&data);
+                let capacity = buf.capacity();
+                write_new_aligned(&path, &mut buf, direct)
+                    .unwrap()
+                    .sync_all()
+                    .unwrap();
+                assert_eq!(std::fs::read(&path).unwrap(), data, "aligned, len {len}");
+                assert_eq!(&buf[..], &data[..], "the buffer is left as it was");
+                assert_eq!(buf.capacity(), capacity, "padding never reallocates");
+                assert!(write_new_aligned(&path, &mut buf, direct).is_err());
             }
         }
     }

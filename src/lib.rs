@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod sui;
+pub mod workers;

@@ -60,38 +60,7 @@ impl Sliver {
     /// Parses BCS bytes from an untrusted source. Checks framing only; call
     /// [`Sliver::verify`] before using the data.
     pub fn from_bcs(bytes: &[u8], sliver_type: SliverType) -> Result<Self, EncodingError> {
-        let (len, header) = read_uleb128(bytes)?;
-        if len > MAX_SLIVER_BYTES {
-            return Err(EncodingError::bcs(
-                "sliver",
-                format!("length {len} is too large"),
-            ));
-        }
-        let expected = header + len + 4;
-        if bytes.len() != expected {
-            return Err(EncodingError::bcs(
-                "sliver",
-                format!(
-                    "expected {expected} bytes for a sliver of {len} bytes, got {}",
-                    bytes.len()
-                ),
-            ));
-        }
-        let data = bytes[header..header + len].to_vec();
-        let symbol_size = u16::from_le_bytes([bytes[header + len], bytes[header + len + 1]]);
-        let index = u16::from_le_bytes([bytes[header + len + 2], bytes[header + len + 3]]);
-        if symbol_size == 0 || len % usize::from(symbol_size) != 0 {
-            return Err(EncodingError::bcs(
-                "sliver",
-                format!("{len} bytes is not a whole number of {symbol_size}-byte symbols"),
-            ));
-        }
-        Ok(Self {
-            sliver_type,
-            index,
-            symbol_size,
-            data,
-        })
+        SliverView::from_bcs(bytes, sliver_type).map(|v| v.to_sliver())
     }
 
     /// The same sliver, borrowed.
@@ -147,6 +116,61 @@ struct VerifyScratch {
 thread_local! {
     static VERIFY_SCRATCH: std::cell::RefCell<VerifyScratch> =
         std::cell::RefCell::new(VerifyScratch::default());
+}
+
+impl<'a> SliverView<'a> {
+    /// Parses BCS bytes from an untrusted source without copying the symbols: the view
+    /// borrows them from `bytes`. Checks framing only, exactly as [`Sliver::from_bcs`]; call
+    /// [`SliverView::verify`] before using the data.
+    pub fn from_bcs(bytes: &'a [u8], sliver_type: SliverType) -> Result<Self, EncodingError> {
+        let (len, header) = read_uleb128(bytes)?;
+        if len > MAX_SLIVER_BYTES {
+            return Err(EncodingError::bcs(
+                "sliver",
+                format!("length {len} is too large"),
+            ));
+        }
+        let expected = header + len + 4;
+        if bytes.len() != expected {
+            return Err(EncodingError::bcs(
+                "sliver",
+                format!(
+                    "expected {expected} bytes for a sliver of {len} bytes, got {}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let data = &bytes[header..header + len];
+        let symbol_size = u16::from_le_bytes([bytes[header + len], bytes[header + len + 1]]);
+        let index = u16::from_le_bytes([bytes[header + len + 2], bytes[header + len + 3]]);
+        if symbol_size == 0 || len % usize::from(symbol_size) != 0 {
+            return Err(EncodingError::bcs(
+                "sliver",
+                format!("{len} bytes is not a whole number of {symbol_size}-byte symbols"),
+            ));
+        }
+        Ok(Self {
+            sliver_type,
+            index,
+            symbol_size,
+            data,
+        })
+    }
+
+    /// The index of the sliver pair this sliver belongs to: see [`Sliver::pair_index`].
+    pub fn pair_index(&self, n_shards: u16) -> u16 {
+        pair_index(self.sliver_type, self.index, n_shards)
+    }
+
+    /// The same sliver with its own copy of the symbols.
+    pub fn to_sliver(&self) -> Sliver {
+        Sliver {
+            sliver_type: self.sliver_type,
+            index: self.index,
+            symbol_size: self.symbol_size,
+            data: self.data.to_vec(),
+        }
+    }
 }
 
 impl SliverView<'_> {

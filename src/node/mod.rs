@@ -6,6 +6,8 @@
 //! - `service`: what the node does, independent of HTTP ([`StorageNode`]);
 //! - `server`: the axum routes, request decoding, spans, fault injection and [`RunningNode`];
 //! - `store`: durable files for metadata and slivers ([`SliverStore`]);
+//! - `received`: a sliver PUT body in a page-aligned buffer, verified in place and written
+//!   from there ([`ReceivedSliver`]);
 //! - `api`: the JSON shapes (`Status` errors, blob status, health);
 //! - `error`: [`NodeError`] and the one mapping from errors to HTTP status and `Status` JSON.
 //!
@@ -23,6 +25,7 @@
 mod api;
 mod config;
 mod error;
+mod received;
 mod server;
 mod service;
 mod store;
@@ -40,6 +43,7 @@ pub use config::{
     read_key_file, write_key_file,
 };
 pub use error::{ApiStatusCode, ConfigError, NodeError, StoreError};
+pub use received::ReceivedSliver;
 pub(crate) use server::keep_freed_memory;
 pub use server::{
     BLOB_STATUS_ENDPOINT, DELETABLE_CONFIRMATION_ENDPOINT, HEALTH_ENDPOINT, METADATA_ENDPOINT,

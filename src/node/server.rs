@@ -22,9 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{Instrument as _, debug, debug_span, info, info_span, warn};
 
-use crate::encoding::{
-    BlobId, BlobMetadata, BlobMetadataWithId, EncodingError, Sliver, SliverBcsReader, SliverType,
-};
+use crate::encoding::{BlobId, BlobMetadata, BlobMetadataWithId, EncodingError, SliverType};
 use crate::protocol::{
     ApiSuccess, ApiSuccessBody, BlobPersistenceType, ObjectId, StorageConfirmation,
 };
@@ -32,6 +30,7 @@ use crate::protocol::{
 use super::api::{ApiBlobStatus, ServiceHealthInfo};
 use super::config::NodeConfig;
 use super::error::NodeError;
+use super::received::ReceivedSliver;
 use super::service::StorageNode;
 
 pub const METADATA_ENDPOINT: &str = "/v1/blobs/{blob_id}/metadata";
@@ -208,25 +207,27 @@ async fn read_limited(
     Ok(())
 }
 
-/// Parses a sliver PUT body as it arrives, each piece copied once, straight to its place in
-/// the sliver (collecting the body first and then cutting the symbols out of it copied every
-/// byte two to three times). A body longer than `limit` is refused ([`read_limited`]).
+/// Receives a sliver PUT body into a page-aligned buffer, then checks its framing
+/// ([`ReceivedSliver`]: the buffer is the file the store writes). With a `Content-Length`,
+/// the buffer is allocated once, at its final size; without one it grows as the body
+/// arrives. A body longer than `limit` is refused ([`read_limited`]).
 async fn read_sliver_body(
     headers: &HeaderMap,
     body: Body,
     sliver_type: SliverType,
     limit: usize,
-) -> Result<Sliver, NodeError> {
-    let malformed = |source| NodeError::MalformedBody {
-        what: "sliver",
-        source,
-    };
-    let mut reader = SliverBcsReader::new(sliver_type).reserve_at_most(limit);
+) -> Result<ReceivedSliver, NodeError> {
+    let announced = content_length(headers).unwrap_or(0).min(limit as u64);
+    let mut bcs = crate::direct_io::aligned_with_capacity(usize::try_from(announced).unwrap_or(0));
     read_limited(headers, body, limit, |chunk| {
-        reader.feed(chunk).map_err(malformed)
+        bcs.extend_from_slice(chunk);
+        Ok(())
     })
     .await?;
-    reader.finish().map_err(malformed)
+    ReceivedSliver::new(bcs, sliver_type).map_err(|source| NodeError::MalformedBody {
+        what: "sliver",
+        source,
+    })
 }
 
 /// At most this much of a refused body is read (and dropped) before the refusal is sent.

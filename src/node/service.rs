@@ -3,8 +3,8 @@
 //!
 //! The ledger and the disk are reached through blocking calls, run on tokio's blocking
 //! threads. Sliver verification (one Reed–Solomon encoding and `n` hashes per sliver) runs on
-//! rayon's threads, whose scratch buffers stay warm, at most one per core at a time so that
-//! uploads cannot starve the rest of the node.
+//! the node's own verification threads ([`crate::workers`], one per core), whose scratch
+//! buffers stay warm, so that uploads cannot starve the rest of the node.
 //!
 //! Every request reads the blob's registrations and the current epoch from the ledger afresh
 //! (one read). What cannot change is kept in memory: the node's shards per epoch (a committee
@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::encoding::merkle::blake2b256;
@@ -28,6 +27,7 @@ use crate::protocol::{
     BlobPersistenceType, Committee, CommitteeMember, ConfirmationMessage, Epoch, ObjectId,
     ProtocolKeyPair, PublicKey, StorageConfirmation,
 };
+use crate::workers::Workers;
 
 use super::api::{
     ApiBlobStatus, EventProgress, OwnedShardStatus, ServiceHealthInfo, ShardHealthInfo,
@@ -35,6 +35,7 @@ use super::api::{
 };
 use super::config::{EffectiveLimits, Faults, NodeConfig};
 use super::error::{NodeError, StoreError};
+use super::received::ReceivedSliver;
 use super::store::SliverStore;
 
 /// How often a confirmation request that waits for a registration asks the ledger again.
@@ -72,7 +73,8 @@ pub struct StorageNode {
     faults: Faults,
     started: Instant,
     /// Bounds concurrent sliver verifications to the number of cores.
-    verify_permits: Arc<Semaphore>,
+    /// Sliver verifications, one per core at a time.
+    verifiers: Workers,
     /// This node's shards in the most recent epoch seen (`None`: not in that committee).
     shards: Mutex<Option<EpochShards>>,
     /// Verified metadata of recently used blobs, least recently used first.
@@ -177,7 +179,9 @@ impl StorageNode {
             limits: config.limits.effective(&encoding),
             faults: config.faults,
             started: Instant::now(),
-            verify_permits: Arc::new(Semaphore::new(cores)),
+            verifiers: Workers::new("verify", cores).map_err(|e| NodeError::Internal {
+                reason: format!("cannot start the verification threads: {e}"),
+            })?,
             shards: Mutex::new(None),
             metadata_cache: Mutex::new(VecDeque::with_capacity(METADATA_CACHE_ENTRIES)),
             key,
@@ -437,15 +441,16 @@ impl StorageNode {
         &self,
         blob_id: BlobId,
         pair: u32,
-        sliver: Sliver,
+        sliver: ReceivedSliver,
     ) -> Result<bool, NodeError> {
         let pair = self.check_pair_index(pair)?;
         let n_shards = self.encoding.n_shards();
         // Checked before `pair_index`, which assumes an index below n.
-        if sliver.index >= n_shards || sliver.pair_index(n_shards) != pair {
+        let (sliver_type, index) = (sliver.sliver_type(), sliver.index());
+        if index >= n_shards || sliver.view().pair_index(n_shards) != pair {
             return Err(NodeError::SliverIndexMismatch {
-                sliver_type: sliver.sliver_type,
-                sliver_index: sliver.index,
+                sliver_type,
+                sliver_index: index,
                 pair,
                 n_shards,
             });
@@ -475,27 +480,20 @@ impl StorageNode {
         if let Some(m) = loaded {
             self.cache_metadata(m);
         }
-        let permit: OwnedSemaphorePermit = self
-            .verify_permits
-            .clone()
-            .acquire_owned()
+        // Verification on the node's verification threads (one per core): their scratch
+        // buffers (MBs) stay warm, and uploads cannot starve the rest of the node.
+        let (result, sliver) = self
+            .verifiers
+            .run(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sliver.view().verify(&encoding, &metadata.metadata)
+                }));
+                (result, sliver)
+            })
             .await
-            .map_err(|e| NodeError::Internal {
-                reason: format!("verification limiter closed: {e}"),
+            .map_err(|_| NodeError::Internal {
+                reason: "sliver verification stopped unexpectedly".into(),
             })?;
-        // Verification on rayon's threads (one per core): their scratch buffers (MBs) stay
-        // warm, where tokio's blocking pool would start new threads with fresh ones.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                sliver.verify(&encoding, &metadata.metadata)
-            }));
-            let _ = tx.send((result, sliver));
-        });
-        let (result, sliver) = rx.await.map_err(|_| NodeError::Internal {
-            reason: "sliver verification stopped unexpectedly".into(),
-        })?;
-        drop(permit);
         result
             .map_err(|_| NodeError::Internal {
                 reason: "sliver verification failed unexpectedly (a bug: see the log)".into(),
@@ -503,9 +501,16 @@ impl StorageNode {
             .map_err(|source| NodeError::InvalidSliver { blob_id, source })?;
         // Systematic primary slivers are what reads fetch: keep them in the page cache.
         let keep_cached =
-            sliver.sliver_type == SliverType::Primary && pair < encoding.n_primary_source_symbols();
+            sliver_type == SliverType::Primary && pair < encoding.n_primary_source_symbols();
+        let mut sliver = sliver;
         let stored = tokio::task::spawn_blocking(move || {
-            store.put_sliver_with(&blob_id, pair, &sliver, keep_cached)
+            store.put_sliver_bcs(
+                &blob_id,
+                pair,
+                sliver_type,
+                sliver.bcs_buffer(),
+                keep_cached,
+            )
         })
         .await
         .map_err(join_error)?
@@ -675,7 +680,7 @@ enum Checked {
     Stored(bool),
     /// Nothing stored yet: verify `sliver` against `metadata` (`loaded`: read from disk).
     Verify {
-        sliver: Sliver,
+        sliver: ReceivedSliver,
         metadata: Arc<BlobMetadataWithId>,
         loaded: Option<Arc<BlobMetadataWithId>>,
     },
@@ -687,24 +692,24 @@ fn stored_copy_or_metadata(
     store: &SliverStore,
     blob_id: BlobId,
     pair: u16,
-    sliver: Sliver,
+    sliver: ReceivedSliver,
     metadata: Option<Arc<BlobMetadataWithId>>,
 ) -> Result<Checked, NodeError> {
-    let sliver_type = sliver.sliver_type;
+    let sliver_type = sliver.sliver_type();
     // The stored sliver was verified, and only one sliver matches the metadata's hash, so a
     // second upload is either the same bytes or invalid: no need to verify it again.
     if let Some(stored) = store
         .get_sliver_bcs(&blob_id, pair, sliver_type)
         .map_err(NodeError::Store)?
     {
-        if stored[..] == sliver.to_bcs()[..] {
+        if stored[..] == *sliver.bcs() {
             return Ok(Checked::Stored(false));
         }
         return Err(NodeError::InvalidSliver {
             blob_id,
             source: EncodingError::InvalidSliver {
                 sliver_type,
-                index: sliver.index,
+                index: sliver.index(),
                 reason: SliverDefect::HashMismatch,
             },
         });

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::direct_io::AlignedBytes;
 use crate::encoding::{BlobId, BlobMetadataWithId, Sliver, SliverType};
 
 use super::error::StoreError;
@@ -60,13 +61,6 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
-}
-
-/// Creates `path` (which must not exist) with the concatenation of `parts`, and fsyncs it.
-/// Large files go through `O_DIRECT` if `direct` and the file system supports it (see
-/// [`crate::direct_io`]), else the page cache.
-fn write_synced(path: &Path, parts: &[&[u8]], direct: bool) -> io::Result<()> {
-    crate::direct_io::write_new(path, parts, direct)?.sync_all()
 }
 
 fn create_dir_if_missing(dir: &Path) -> Result<(), StoreError> {
@@ -171,14 +165,14 @@ impl SliverStore {
             .join(sliver_file_name(pair, sliver_type))
     }
 
-    /// Writes `parts` as `dir/name`, unless that file exists already: content fsynced, then
-    /// renamed into place, then (if `sync_name`) `dir` fsynced. Returns whether it was written.
+    /// Writes `dir/name` with `create` (which makes a new file at the path it is given and
+    /// returns it unsynced), unless that file exists already: content fsynced, then renamed
+    /// into place, then (if `sync_name`) `dir` fsynced. Returns whether it was written.
     fn write_durably(
         &self,
         dir: &Path,
         name: &str,
-        parts: &[&[u8]],
-        direct: bool,
+        create: impl FnOnce(&Path) -> io::Result<File>,
         sync_name: bool,
     ) -> Result<bool, StoreError> {
         let dest = dir.join(name);
@@ -190,7 +184,7 @@ impl SliverStore {
             std::process::id(),
             self.next_tmp.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = write_synced(&tmp, parts, direct);
+        let written = create(&tmp).and_then(|f| f.sync_all());
         if let Err(e) = written.and_then(|()| fs::rename(&tmp, &dest)) {
             // Best effort: a leftover is also removed at the next open.
             let _ = fs::remove_file(&tmp);
@@ -223,7 +217,13 @@ impl SliverStore {
         sync_dir(&self.blobs)?;
         create_dir_if_missing(&dir)?;
         sync_dir(&fanout)?;
-        self.write_durably(&dir, "metadata", &[&metadata.to_bcs()], false, true)
+        let bcs = metadata.to_bcs();
+        self.write_durably(
+            &dir,
+            "metadata",
+            |path| crate::direct_io::write_new(path, &[&bcs], false),
+            true,
+        )
     }
 
     pub fn has_metadata(&self, blob_id: &BlobId) -> bool {
@@ -259,19 +259,24 @@ impl SliverStore {
         pair: u16,
         sliver: &Sliver,
     ) -> Result<bool, StoreError> {
-        self.put_sliver_with(blob_id, pair, sliver, false)
+        let mut bcs = crate::direct_io::aligned_with_capacity(sliver.data.len() + 9);
+        bcs.extend_from_slice(&sliver.to_bcs());
+        self.put_sliver_bcs(blob_id, pair, sliver.sliver_type, &mut bcs, false)
     }
 
-    /// Like [`Self::put_sliver`]. `keep_cached`: write through the page cache, so that the
-    /// sliver is served from memory next time (the systematic primary slivers, which every
-    /// read of the blob fetches); otherwise the file is written with `O_DIRECT` (the other
-    /// slivers are read only to recover, and copying them into the page cache is most of the
-    /// CPU a buffered write costs).
-    pub fn put_sliver_with(
+    /// Stores the BCS bytes `bcs` of a verified sliver of pair `pair` (the file is exactly
+    /// these bytes); returns `false` if it was stored already. `keep_cached`: write through
+    /// the page cache, so that the sliver is served from memory next time (the systematic
+    /// primary slivers, which every read of the blob fetches); otherwise the file is written
+    /// with `O_DIRECT`, in one write straight from `bcs` (the other slivers are read only to
+    /// recover, and copying them into the page cache is most of the CPU a buffered write
+    /// costs). `bcs` is left as it was.
+    pub fn put_sliver_bcs(
         &self,
         blob_id: &BlobId,
         pair: u16,
-        sliver: &Sliver,
+        sliver_type: SliverType,
+        bcs: &mut AlignedBytes,
         keep_cached: bool,
     ) -> Result<bool, StoreError> {
         let dir = self.blob_dir(blob_id);
@@ -282,13 +287,10 @@ impl SliverStore {
                 reason: "a sliver was stored before the blob's metadata".into(),
             });
         }
-        // The BCS bytes, written from the sliver's own buffer (no copy into a BCS vector).
-        let (prefix, suffix) = sliver.bcs_framing();
         self.write_durably(
             &dir,
-            &sliver_file_name(pair, sliver.sliver_type),
-            &[&prefix, &sliver.data, &suffix],
-            !keep_cached,
+            &sliver_file_name(pair, sliver_type),
+            |path| crate::direct_io::write_new_aligned(path, bcs, !keep_cached),
             // The blob's directory is fsynced once before a confirmation ([`Self::sync_blob`]),
             // not once per sliver.
             false,

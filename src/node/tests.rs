@@ -629,6 +629,84 @@ async fn oversized_bodies_get_413() {
     net.shutdown().await;
 }
 
+/// Sends `body` as a chunked PUT (no `Content-Length`) in pieces of `piece` bytes over a raw
+/// connection; returns the status code.
+async fn put_chunked(base: &str, path: &str, body: &[u8], piece: usize) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let mut request = format!(
+        "PUT {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(piece) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // A refused body may be answered before all of it is sent.
+    let _ = conn.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer).await;
+    let head = String::from_utf8_lossy(&answer);
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head}"))
+}
+
+/// Sliver bodies without `Content-Length` (chunked, in uneven pieces) are received, verified
+/// and stored like any other, large ones written with `O_DIRECT` from the receive buffer, and
+/// read back byte for byte; a truncated one is a framing error, an oversized one a 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_sliver_bodies_are_stored_exactly() {
+    let mut net = Net::start(|_| Faults::default()).await;
+    // Slivers of 100 KiB and more: past `DIRECT_MIN`.
+    let encoded = test_blob(1 << 20, 21);
+    let id = encoded.metadata.blob_id;
+    net.register(&encoded.metadata, false, 3);
+    let pair = N_SHARDS - 1;
+    let owner = net.owner(&id, pair);
+    let (code, body) = net.put_metadata(owner, &encoded.metadata).await;
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let base = net.url(owner);
+    let path = |t| {
+        sliver_url(&base, &id, pair, t)
+            .trim_start_matches(&base)
+            .to_string()
+    };
+    for (sliver, piece) in [
+        (encoded.primary_sliver(usize::from(pair)), 1_000),
+        (encoded.secondary_sliver(usize::from(pair)), 65_537),
+    ] {
+        let bcs = sliver.to_bcs();
+        assert!(sliver.data.len() >= crate::direct_io::DIRECT_MIN);
+        let url_path = path(sliver.sliver_type);
+        assert_eq!(
+            put_chunked(&base, &url_path, &bcs[..bcs.len() - 1], piece).await,
+            400
+        );
+        assert_eq!(put_chunked(&base, &url_path, &bcs, piece).await, 201);
+        assert_eq!(put_chunked(&base, &url_path, &bcs, piece).await, 200);
+        let (code, stored) =
+            get(&net.http, &sliver_url(&base, &id, pair, sliver.sliver_type)).await;
+        assert_eq!((code, stored == bcs), (200, true));
+    }
+    let limit = net.nodes[owner]
+        .as_ref()
+        .unwrap()
+        .node()
+        .limits()
+        .max_sliver_body_bytes;
+    let oversized = vec![0u8; limit + 1];
+    assert_eq!(
+        put_chunked(&base, &path(SliverType::Primary), &oversized, 1 << 16).await,
+        413
+    );
+    net.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistered_and_expired_blobs_are_refused() {
     let mut net = Net::start(|_| Faults::default()).await;
