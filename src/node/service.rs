@@ -73,8 +73,7 @@ pub struct StorageNode {
     limits: EffectiveLimits,
     faults: Faults,
     started: Instant,
-    /// Bounds concurrent sliver verifications to the number of cores.
-    /// Sliver verifications, one per core at a time.
+    /// Sliver uploads' verifications and writes, one per core at a time.
     verifiers: Workers,
     /// This node's shards in the most recent epoch seen (`None`: not in that committee).
     shards: Mutex<Option<EpochShards>>,
@@ -472,30 +471,20 @@ impl StorageNode {
         let (stored, loaded) = self
             .verifiers
             .run(move || {
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    check_verify_store(
-                        &store,
-                        encoding,
-                        blob_id,
-                        pair,
-                        sliver,
-                        metadata,
-                        keep_cached,
-                    )
-                })) {
-                    Ok(done) => done,
-                    Err(_) => (
-                        Err(NodeError::Internal {
-                            reason: "sliver verification failed unexpectedly (a bug: see the log)"
-                                .into(),
-                        }),
-                        None,
-                    ),
-                }
+                check_verify_store(
+                    &store,
+                    encoding,
+                    blob_id,
+                    pair,
+                    sliver,
+                    metadata,
+                    keep_cached,
+                )
             })
             .await
+            // A panic (caught by the worker thread, which goes on) or a stopped pool.
             .map_err(|_| NodeError::Internal {
-                reason: "sliver verification stopped unexpectedly".into(),
+                reason: "sliver verification failed unexpectedly (a bug: see the log)".into(),
             })?;
         if let Some(m) = loaded {
             self.cache_metadata(m);
