@@ -88,9 +88,10 @@ impl ReceivedSliver {
         &self.bcs
     }
 
-    /// The buffer, for the store to write (and perhaps keep).
-    pub(super) fn into_bcs(self) -> AlignedBytes {
-        self.bcs
+    /// The buffer, for [`crate::direct_io::write_new_aligned`] (which leaves its bytes as they
+    /// are).
+    pub(super) fn bcs_buffer(&mut self) -> &mut AlignedBytes {
+        &mut self.bcs
     }
 }
 

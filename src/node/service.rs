@@ -460,8 +460,8 @@ impl StorageNode {
         self.check_shard(&view, blob_id, pair)?;
         let metadata = self.cached_metadata(&blob_id);
         let (store, encoding) = (self.store.clone(), self.encoding);
-        // Systematic primary slivers are what reads fetch: keep them in memory for a while.
-        let keep_hot =
+        // Systematic primary slivers are what reads fetch: keep them in the page cache.
+        let keep_cached =
             sliver_type == SliverType::Primary && pair < encoding.n_primary_source_symbols();
         // One job on the node's verification threads (one per core; their scratch buffers
         // stay warm, and uploads cannot starve the rest of the node): look for a stored copy
@@ -471,7 +471,15 @@ impl StorageNode {
         let (stored, loaded) = self
             .verifiers
             .run(move || {
-                check_verify_store(&store, encoding, blob_id, pair, sliver, metadata, keep_hot)
+                check_verify_store(
+                    &store,
+                    encoding,
+                    blob_id,
+                    pair,
+                    sliver,
+                    metadata,
+                    keep_cached,
+                )
             })
             .await
             // A panic (caught by the worker thread, which goes on) or a stopped pool.
@@ -662,9 +670,9 @@ fn check_verify_store(
     pair: u16,
     sliver: ReceivedSliver,
     metadata: Option<Arc<BlobMetadataWithId>>,
-    keep_hot: bool,
+    keep_cached: bool,
 ) -> (Result<bool, NodeError>, Option<Arc<BlobMetadataWithId>>) {
-    let (sliver, metadata, loaded) =
+    let (mut sliver, metadata, loaded) =
         match stored_copy_or_metadata(store, blob_id, pair, sliver, metadata) {
             Err(e) => return (Err(e), None),
             Ok(Checked::Stored(stored)) => return (Ok(stored), None),
@@ -679,7 +687,13 @@ fn check_verify_store(
     }
     let sliver_type = sliver.sliver_type();
     let stored = store
-        .put_sliver_bcs(&blob_id, pair, sliver_type, sliver.into_bcs(), keep_hot)
+        .put_sliver_bcs(
+            &blob_id,
+            pair,
+            sliver_type,
+            sliver.bcs_buffer(),
+            keep_cached,
+        )
         .map_err(NodeError::Store);
     (stored, loaded)
 }

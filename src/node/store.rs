@@ -19,9 +19,8 @@
 //! only if it was verified and its content is durable**. The name itself becomes durable when
 //! the directory is fsynced: at once for metadata, and for slivers once per confirmation
 //! ([`SliverStore::sync_blob`], called before the node signs), not once per sliver (a crash
-//! before it may lose recently renamed slivers, never leave a partial one). Slivers are
-//! written with `O_DIRECT` (see [`crate::direct_io::DIRECT_MIN`]); the systematic primary
-//! ones, which reads fetch, are also kept in memory for a while (`HotSlivers`). A blob's
+//! before it may lose recently renamed slivers, never leave a partial one). Slivers
+//! other than the systematic primary ones are written with `O_DIRECT` (see [`crate::direct_io::DIRECT_MIN`]). A blob's
 //! directory (and its fan-out directory) is created, and both parents fsynced, when its
 //! metadata is stored, which always precedes its slivers. A crash leaves at worst orphans in
 //! `tmp/`, removed at the next open.
@@ -32,7 +31,6 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 
@@ -49,70 +47,6 @@ pub struct SliverStore {
     blobs: PathBuf,
     /// Distinguishes temporary files of concurrent writes in this process.
     next_tmp: AtomicU64,
-    /// Recently stored slivers that reads fetch, served from memory ([`HotSlivers`]).
-    hot: Mutex<HotSlivers>,
-}
-
-/// How many bytes of recently stored slivers a store keeps in memory to serve reads from.
-pub const HOT_SLIVER_BYTES: usize = 64 << 20;
-
-type SliverKey = (BlobId, u16, SliverType);
-
-/// The slivers stored last (the systematic primary ones, which every read of a blob fetches),
-/// kept as they were received, up to [`HOT_SLIVER_BYTES`], least recently used out first.
-///
-/// Why: such a sliver used to be written through the page cache so that reads would find it
-/// there. That write copies every byte into a new page-cache page; on the VMs this project is
-/// measured on a new page is expensive, and that copy measured up to 5% of all CPU time in a
-/// store. Now every sliver goes to the disk with `O_DIRECT` from the receive buffer, and the
-/// buffer itself is kept here: a read right after a store (the common case: a file written
-/// to the drive and read back, a dataset stored then trained on) is served from it without
-/// any copy. Older slivers are read from the disk, and from then on from the page cache.
-/// Sliver files never change once written, so what is kept here never goes stale.
-#[derive(Debug)]
-struct HotSlivers {
-    slivers: lru::LruCache<SliverKey, Bytes>,
-    bytes: usize,
-    budget: usize,
-}
-
-impl HotSlivers {
-    fn new(budget: usize) -> Self {
-        Self {
-            slivers: lru::LruCache::unbounded(),
-            bytes: 0,
-            budget,
-        }
-    }
-
-    fn get(&mut self, key: &SliverKey) -> Option<Bytes> {
-        self.slivers.get(key).cloned()
-    }
-
-    fn insert(&mut self, key: SliverKey, bcs: Bytes) {
-        if bcs.len() > self.budget {
-            return;
-        }
-        self.bytes += bcs.len();
-        if let Some(old) = self.slivers.put(key, bcs) {
-            self.bytes -= old.len();
-        }
-        while self.bytes > self.budget {
-            match self.slivers.pop_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.len(),
-                None => break,
-            }
-        }
-    }
-}
-
-/// An [`AlignedBytes`] as the owner of a [`Bytes`].
-struct AlignedOwner(AlignedBytes);
-
-impl AsRef<[u8]> for AlignedOwner {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -209,12 +143,7 @@ impl SliverStore {
             tmp,
             blobs,
             next_tmp: AtomicU64::new(0),
-            hot: Mutex::new(HotSlivers::new(HOT_SLIVER_BYTES)),
         })
-    }
-
-    fn hot(&self) -> std::sync::MutexGuard<'_, HotSlivers> {
-        self.hot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn root(&self) -> &Path {
@@ -332,22 +261,23 @@ impl SliverStore {
     ) -> Result<bool, StoreError> {
         let mut bcs = crate::direct_io::aligned_with_capacity(sliver.data.len() + 9);
         bcs.extend_from_slice(&sliver.to_bcs());
-        self.put_sliver_bcs(blob_id, pair, sliver.sliver_type, bcs, false)
+        self.put_sliver_bcs(blob_id, pair, sliver.sliver_type, &mut bcs, false)
     }
 
     /// Stores the BCS bytes `bcs` of a verified sliver of pair `pair` (the file is exactly
-    /// these bytes); returns `false` if it was stored already. The file is written with
-    /// `O_DIRECT`, in one write straight from `bcs`: slivers are read rarely or right away,
-    /// and copying them into the page cache was most of the CPU a buffered write costs.
-    /// `keep_hot`: keep `bcs` in memory to serve the next reads from ([`HotSlivers`]; for the
-    /// systematic primary slivers, which every read of the blob fetches).
+    /// these bytes); returns `false` if it was stored already. `keep_cached`: write through
+    /// the page cache, so that the sliver is served from memory next time (the systematic
+    /// primary slivers, which every read of the blob fetches); otherwise the file is written
+    /// with `O_DIRECT`, in one write straight from `bcs` (the other slivers are read only to
+    /// recover, and copying them into the page cache is most of the CPU a buffered write
+    /// costs). `bcs` is left as it was.
     pub fn put_sliver_bcs(
         &self,
         blob_id: &BlobId,
         pair: u16,
         sliver_type: SliverType,
-        mut bcs: AlignedBytes,
-        keep_hot: bool,
+        bcs: &mut AlignedBytes,
+        keep_cached: bool,
     ) -> Result<bool, StoreError> {
         let dir = self.blob_dir(blob_id);
         if !self.has_metadata(blob_id) {
@@ -357,21 +287,14 @@ impl SliverStore {
                 reason: "a sliver was stored before the blob's metadata".into(),
             });
         }
-        let written = self.write_durably(
+        self.write_durably(
             &dir,
             &sliver_file_name(pair, sliver_type),
-            |path| crate::direct_io::write_new_aligned(path, &mut bcs, true),
+            |path| crate::direct_io::write_new_aligned(path, bcs, !keep_cached),
             // The blob's directory is fsynced once before a confirmation ([`Self::sync_blob`]),
             // not once per sliver.
             false,
-        )?;
-        if written && keep_hot {
-            self.hot().insert(
-                (*blob_id, pair, sliver_type),
-                Bytes::from_owner(AlignedOwner(bcs)),
-            );
-        }
-        Ok(written)
+        )
     }
 
     /// Makes the names of the blob's files durable (fsyncs its directory). Their contents
@@ -392,9 +315,6 @@ impl SliverStore {
         pair: u16,
         sliver_type: SliverType,
     ) -> Result<Option<Bytes>, StoreError> {
-        if let Some(bcs) = self.hot().get(&(*blob_id, pair, sliver_type)) {
-            return Ok(Some(bcs));
-        }
         let path = self.sliver_path(blob_id, pair, sliver_type);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -551,81 +471,5 @@ mod tests {
             store.get_metadata(&id),
             Err(StoreError::Corrupt { .. })
         ));
-    }
-
-    /// Slivers stored `keep_hot` are served from memory (the same bytes, even once the file
-    /// is gone from under the store), others from their file; the memory kept stays within
-    /// its budget, least recently used out first.
-    #[test]
-    fn hot_slivers_are_served_from_memory_within_the_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = EncodingConfig::new(7).unwrap();
-        let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 11 + i / 257) as u8).collect();
-        let encoded = config.encode(&blob).unwrap();
-        let id = encoded.metadata.blob_id;
-        let store = SliverStore::open(dir.path()).unwrap();
-        store.put_metadata(&encoded.metadata).unwrap();
-        let aligned = |s: &Sliver| {
-            let bcs = s.to_bcs();
-            let mut buf = crate::direct_io::aligned_with_capacity(bcs.len());
-            buf.extend_from_slice(&bcs);
-            buf
-        };
-        let (hot, cold) = (encoded.primary_sliver(0), encoded.primary_sliver(1));
-        assert!(
-            store
-                .put_sliver_bcs(&id, 0, SliverType::Primary, aligned(&hot), true)
-                .unwrap()
-        );
-        assert!(
-            store
-                .put_sliver_bcs(&id, 1, SliverType::Primary, aligned(&cold), false)
-                .unwrap()
-        );
-        // Stored again: not newly written, and the kept copy stays.
-        assert!(
-            !store
-                .put_sliver_bcs(&id, 0, SliverType::Primary, aligned(&hot), true)
-                .unwrap()
-        );
-        for (pair, s) in [(0, &hot), (1, &cold)] {
-            let path = store.sliver_path(&id, pair, SliverType::Primary);
-            assert_eq!(
-                fs::read(&path).unwrap(),
-                s.to_bcs(),
-                "the file is written either way"
-            );
-            fs::remove_file(&path).unwrap();
-        }
-        assert_eq!(
-            store
-                .get_sliver_bcs(&id, 0, SliverType::Primary)
-                .unwrap()
-                .as_deref(),
-            Some(&hot.to_bcs()[..])
-        );
-        assert_eq!(
-            store.get_sliver_bcs(&id, 1, SliverType::Primary).unwrap(),
-            None
-        );
-
-        // The budget: a cache of 2.5 slivers keeps the last two.
-        let len = hot.to_bcs().len();
-        let mut cache = HotSlivers::new(len * 5 / 2);
-        for pair in 0..4u16 {
-            cache.insert((id, pair, SliverType::Primary), Bytes::from(hot.to_bcs()));
-            assert!(cache.bytes <= cache.budget);
-        }
-        let kept: Vec<bool> = (0..4u16)
-            .map(|p| cache.get(&(id, p, SliverType::Primary)).is_some())
-            .collect();
-        assert_eq!(kept, [false, false, true, true]);
-        assert_eq!(cache.bytes, 2 * len);
-        // Larger than the whole budget: not kept, nothing evicted for it.
-        cache.insert(
-            (id, 9, SliverType::Secondary),
-            Bytes::from(vec![0; len * 3]),
-        );
-        assert_eq!(cache.bytes, 2 * len);
     }
 }
